@@ -27,7 +27,8 @@ $(VLLM_OK):
 
 tiny-model: $(TINY_OK)
 
-$(TINY_OK): $(VENV_OK) services/generator/tiny_model.py
+# Order-only on the venv: reinstalling packages must not rebuild (and replace) the model.
+$(TINY_OK): services/generator/tiny_model.py | $(VENV_OK)
 	$(PY) -m services.generator.tiny_model --out $(TINY)
 
 lint: $(VENV_OK)

@@ -251,10 +251,15 @@ def build(out: Path, seed: int = SEED) -> Path:
 
         _check_tokenizer_round_trip(staging, raw, AutoTokenizer, text[:50])
         (staging / MARKER).write_text(json.dumps(fingerprint(staging), indent=1, sort_keys=True))
-        if out.exists():
-            shutil.rmtree(out)
         staging.chmod(0o755)
+        # Swap in the new folder with renames, so a reader never sees a half-built model.
+        retired = out.with_name(f".{out.name}.old")
+        if retired.exists():
+            shutil.rmtree(retired)
+        if out.exists():
+            out.rename(retired)
         staging.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

