@@ -1,0 +1,159 @@
+"""A `DpoJobSpec` plus the device decisions -> TRL `DPOConfig` kwargs and PEFT `LoraConfig`.
+
+Pure functions: no model, no GPU. tests/unit/test_training_config.py checks every mapping.
+The job (dpo.py) builds the real objects from these and stores their `to_dict()` with the
+job's result, so what was trained is always on record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft import LoraConfig
+
+from protocol.jobs import DpoJobSpec, LoraSpec
+from services.trainer.jobs.training_device import MemoryPlan
+
+# TRL 1.16's loss types (DPOConfig.loss_type help text); checked here so a typo fails at
+# the start of the job with the list, not after the model has loaded.
+TRL_LOSS_TYPES = frozenset(
+    {
+        "sigmoid",
+        "hinge",
+        "ipo",
+        "exo_pair",
+        "nca_pair",
+        "robust",
+        "bco_pair",
+        "sppo_hard",
+        "aot",
+        "aot_unpaired",
+        "apo_zero",
+        "apo_down",
+        "discopop",
+        "sft",
+        "sigmoid_norm",
+    }
+)
+# vLLM refuses adapters whose config lists modules_to_save; PEFT must never add any.
+FORBIDDEN_TARGETS = frozenset({"lm_head", "embed_tokens"})
+
+
+class TrainingConfigError(ValueError):
+    """The spec cannot be turned into a valid training configuration; the message says why."""
+
+
+@dataclass(frozen=True)
+class SpeedChoices:
+    """What the job decided for speed, recorded with the result."""
+
+    device: str
+    dtype: str
+    plan: MemoryPlan
+    use_liger_kernel: bool
+    attn_implementation: str
+    length_grouped_batches: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "micro_batch": self.plan.micro_batch,
+            "gradient_checkpointing": self.plan.gradient_checkpointing,
+            "precompute_ref_batch_size": self.plan.precompute_ref_batch_size,
+            "memory_plan": self.plan.as_dict(),
+            "use_liger_kernel": self.use_liger_kernel,
+            "attn_implementation": self.attn_implementation,
+            "length_grouped_batches": self.length_grouped_batches,
+            # TRL 1.16 disables padding_free for DPO ("temporarily unavailable after a
+            # refactor": it warns and pads). Length-grouped batches recover most of what it
+            # would save: rows of similar length share a batch, so little padding is left.
+            "padding_free": False,
+        }
+
+
+def loss_types(loss_type: str) -> list[str]:
+    """`sigmoid` or a comma-separated combination such as `sigmoid,sft` (RPO)."""
+    names = [name.strip() for name in loss_type.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TRL_LOSS_TYPES]
+    if not names or unknown:
+        raise TrainingConfigError(
+            f"unknown loss_type {loss_type!r}: use one of {sorted(TRL_LOSS_TYPES)} "
+            "(or several joined by commas)"
+        )
+    return names
+
+
+def lora_config(spec: LoraSpec) -> LoraConfig:
+    """PEFT LoRA over the spec's projections; alpha defaults to r (scale 1)."""
+    bad = sorted(FORBIDDEN_TARGETS.intersection(spec.target_modules))
+    if bad:
+        raise TrainingConfigError(
+            f"target_modules {bad} cannot be adapted: vLLM serves LoRA on linear projections "
+            "only (and TRL's fused LM head ignores an adapter on lm_head); remove them"
+        )
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.effective_alpha,
+        lora_dropout=spec.lora_dropout,
+        target_modules=list(spec.target_modules),
+        use_rslora=spec.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+        modules_to_save=None,
+    )
+
+
+def dpo_config_kwargs(spec: DpoJobSpec, choices: SpeedChoices, work_dir: Path) -> dict[str, Any]:
+    """Keyword arguments of `trl.DPOConfig` for this job."""
+    dpo = spec.dpo
+    on_gpu = choices.device == "cuda"
+    return {
+        # TRL's scratch (it writes nothing with save_strategy="no", but wants a folder).
+        "output_dir": str(work_dir / "trl"),
+        "seed": spec.seed,
+        "data_seed": spec.seed,
+        "learning_rate": dpo.learning_rate,
+        "num_train_epochs": dpo.num_train_epochs,
+        "per_device_train_batch_size": choices.plan.micro_batch,
+        "per_device_eval_batch_size": choices.plan.micro_batch,
+        "gradient_accumulation_steps": dpo.gradient_accumulation_steps,
+        "max_length": dpo.max_length,
+        "loss_type": loss_types(dpo.loss_type),
+        "beta": dpo.beta,
+        "precompute_ref_log_probs": dpo.precompute_ref_log_probs,
+        "precompute_ref_batch_size": choices.plan.precompute_ref_batch_size,
+        # transformers 5.23 renamed gradient_checkpointing; TRL reads the mirrored old name.
+        "activation_checkpointing": choices.plan.gradient_checkpointing,
+        # transformers 5 dropped warmup_ratio: a warmup_steps below 1 is read as a ratio.
+        "warmup_steps": dpo.warmup_ratio,
+        "lr_scheduler_type": "linear",
+        "logging_steps": dpo.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": [],
+        "disable_tqdm": True,
+        "bf16": choices.dtype == "bfloat16",
+        "fp16": False,
+        "use_cpu": not on_gpu,
+        "dataloader_pin_memory": on_gpu,
+        "use_liger_kernel": choices.use_liger_kernel,
+        # Fused AdamW kernel on GPU (one launch for all LoRA tensors); the plain one on CPU.
+        "optim": "adamw_torch_fused" if on_gpu else "adamw_torch",
+        "padding_free": False,
+        "model_init_kwargs": None,
+    }
+
+
+def check_parent_compatible(spec: DpoJobSpec, parent_config: dict[str, Any]) -> list[str]:
+    """Iterative DPO keeps the parent's LoRA shape; list the spec fields it overrides."""
+    differences = []
+    if parent_config.get("r") not in (None, spec.lora.r):
+        differences.append(f"r={parent_config.get('r')} (spec {spec.lora.r})")
+    parent_targets = parent_config.get("target_modules")
+    if parent_targets is not None and set(parent_targets) != set(spec.lora.target_modules):
+        differences.append(f"target_modules={sorted(parent_targets)}")
+    return differences

@@ -1,0 +1,339 @@
+"""The DPO job's pure decisions: spec -> TRL/PEFT configs, device, dtype, memory plan, batching."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from trl import DPOConfig
+
+from protocol.jobs import QWEN_PROJECTIONS, DpoJobSpec, DpoSpec, LoraSpec
+from services.trainer.jobs.merge import MergeError, check_adapter_base, merge_dtype
+from services.trainer.jobs.training_callbacks import eta_seconds, numeric_metrics
+from services.trainer.jobs.training_config import (
+    SpeedChoices,
+    TrainingConfigError,
+    dpo_config_kwargs,
+    lora_config,
+    loss_types,
+)
+from services.trainer.jobs.training_data import length_grouped_indices
+from services.trainer.jobs.training_device import (
+    CPU_MICRO_BATCH,
+    GIB,
+    MAX_AUTO_MICRO_BATCH,
+    DeviceUnsupportedError,
+    MemoryPlan,
+    ModelShape,
+    check_quantization,
+    plan_memory,
+    resolve_device,
+    training_dtype,
+    use_liger_kernel,
+)
+
+# Qwen2.5-7B and -32B shapes (config.json of the published models).
+QWEN_7B = ModelShape(
+    parameters=7_615_616_512,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_layers=28,
+    num_kv_heads=4,
+    head_dim=128,
+)
+QWEN_32B = ModelShape(
+    parameters=32_763_876_352,
+    hidden_size=5120,
+    intermediate_size=27648,
+    num_layers=64,
+    num_kv_heads=8,
+    head_dim=128,
+)
+H100_FREE = 78 * GIB
+
+
+def spec(**dpo: object) -> DpoJobSpec:
+    return DpoJobSpec(
+        base_model="tiny", dataset_id="ds-1", output_name="a", dpo=DpoSpec.model_validate(dpo)
+    )
+
+
+def cpu_choices(micro: int = 2) -> SpeedChoices:
+    plan = MemoryPlan(micro, False, micro, "test")
+    return SpeedChoices("cpu", "float32", plan, False, "sdpa", True)
+
+
+# --- LoRA --------------------------------------------------------------------------------
+
+
+def test_lora_defaults_are_rank_64_alpha_equal_rank_all_seven_projections() -> None:
+    config = lora_config(LoraSpec())
+    assert config.r == 64
+    assert config.lora_alpha == 64
+    assert config.target_modules is not None
+    assert set(config.target_modules) == set(QWEN_PROJECTIONS)
+    assert config.use_rslora is False
+    assert config.modules_to_save is None
+
+
+def test_lora_alpha_follows_rank_unless_given() -> None:
+    assert lora_config(LoraSpec(r=16)).lora_alpha == 16
+    assert lora_config(LoraSpec(r=16, lora_alpha=32)).lora_alpha == 32
+
+
+def test_rslora_is_passed_through() -> None:
+    assert lora_config(LoraSpec(r=8, use_rslora=True)).use_rslora is True
+
+
+def test_lm_head_cannot_be_a_target() -> None:
+    with pytest.raises(TrainingConfigError, match="lm_head"):
+        lora_config(LoraSpec(target_modules=["q_proj", "lm_head"]))
+
+
+# --- DPOConfig ---------------------------------------------------------------------------
+
+
+def test_dpo_kwargs_build_a_valid_dpo_config_on_cpu(tmp_path: Path) -> None:
+    kwargs = dpo_config_kwargs(spec(), cpu_choices(), tmp_path)
+    config = DPOConfig(**kwargs)
+    assert config.bf16 is False
+    assert config.use_cpu is True
+    assert config.precompute_ref_log_probs is True
+    assert config.gradient_checkpointing is False
+    assert config.save_strategy == "no"
+    assert config.report_to == []
+    assert config.logging_steps == 1
+    assert config.per_device_train_batch_size == 2
+    assert config.learning_rate == 5e-6
+    assert config.beta == 0.1
+    assert config.loss_type == ["sigmoid"]
+    assert config.output_dir == str(tmp_path / "trl")
+
+
+def test_warmup_ratio_maps_to_fractional_warmup_steps(tmp_path: Path) -> None:
+    assert (
+        dpo_config_kwargs(spec(warmup_ratio=0.25), cpu_choices(), tmp_path)["warmup_steps"] == 0.25
+    )
+
+
+def test_gpu_choices_turn_on_bf16(tmp_path: Path) -> None:
+    plan = MemoryPlan(6, False, 24, "test")
+    choices = SpeedChoices("cuda", "bfloat16", plan, True, "sdpa", True)
+    kwargs = dpo_config_kwargs(spec(), choices, tmp_path)
+    assert kwargs["bf16"] is True
+    assert kwargs["use_cpu"] is False
+    assert kwargs["use_liger_kernel"] is True
+    assert kwargs["per_device_train_batch_size"] == 6
+    assert kwargs["precompute_ref_batch_size"] == 24
+
+
+def test_loss_types_accept_combinations_and_refuse_typos() -> None:
+    assert loss_types("sigmoid") == ["sigmoid"]
+    assert loss_types("sigmoid, sft") == ["sigmoid", "sft"]
+    with pytest.raises(TrainingConfigError, match="sigmoyd"):
+        loss_types("sigmoyd")
+
+
+def test_speed_choices_record_every_decision() -> None:
+    recorded = cpu_choices().as_dict()
+    for key in (
+        "device",
+        "dtype",
+        "micro_batch",
+        "gradient_checkpointing",
+        "use_liger_kernel",
+        "attn_implementation",
+        "length_grouped_batches",
+        "padding_free",
+    ):
+        assert key in recorded
+
+
+# --- device, dtype, quantisation ------------------------------------------------------------
+
+
+def test_bf16_on_gpu_fp32_on_cpu() -> None:
+    assert training_dtype("cuda") == "bfloat16"
+    assert training_dtype("cpu") == "float32"
+
+
+def test_cuda_requested_without_a_gpu_is_refused() -> None:
+    with pytest.raises(DeviceUnsupportedError, match="no CUDA device"):
+        resolve_device("cuda", cuda_available=False)
+    assert resolve_device("cpu", cuda_available=True) == "cpu"
+
+
+def test_4bit_on_cpu_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(DeviceUnsupportedError, match="load_in_4bit needs a CUDA GPU"):
+        check_quantization(True, "cpu", bitsandbytes_available=True)
+
+
+def test_4bit_on_gpu_needs_bitsandbytes() -> None:
+    with pytest.raises(DeviceUnsupportedError, match="bitsandbytes"):
+        check_quantization(True, "cuda", bitsandbytes_available=False)
+    check_quantization(True, "cuda", bitsandbytes_available=True)
+    check_quantization(False, "cpu", bitsandbytes_available=False)
+
+
+def test_liger_only_on_cuda_and_when_installed() -> None:
+    assert use_liger_kernel("cuda", True) is True
+    assert use_liger_kernel("cuda", False) is False
+    assert use_liger_kernel("cpu", True) is False
+
+
+# --- memory plan -------------------------------------------------------------------------
+
+
+def test_cpu_plan_is_two_pairs_without_checkpointing() -> None:
+    plan = plan_memory(
+        QWEN_7B, device="cpu", free_bytes=None, longest_pair_tokens=900, r=64, dtype="float32"
+    )
+    assert plan.micro_batch == CPU_MICRO_BATCH
+    assert plan.gradient_checkpointing is False
+
+
+def test_7b_on_an_h100_trains_without_checkpointing_and_a_bigger_batch_than_trl() -> None:
+    plan = plan_memory(
+        QWEN_7B,
+        device="cuda",
+        free_bytes=H100_FREE,
+        longest_pair_tokens=900,
+        r=64,
+        dtype="bfloat16",
+    )
+    assert plan.gradient_checkpointing is False
+    assert plan.micro_batch >= 4
+    assert plan.estimated_peak_bytes is not None and plan.estimated_peak_bytes < H100_FREE
+
+
+def test_measured_7b_point_is_reproduced() -> None:
+    # notes/trl-peft.md: batch 8 of 2 x 512 tokens without checkpointing peaked at 58 GB.
+    plan = plan_memory(
+        QWEN_7B,
+        device="cuda",
+        free_bytes=H100_FREE,
+        longest_pair_tokens=512,
+        r=64,
+        dtype="bfloat16",
+        requested_micro_batch=8,
+    )
+    assert plan.estimated_peak_bytes is not None
+    assert 52e9 < plan.estimated_peak_bytes < 66e9
+
+
+def test_32b_on_an_h100_needs_checkpointing_and_still_fits() -> None:
+    plan = plan_memory(
+        QWEN_32B,
+        device="cuda",
+        free_bytes=H100_FREE,
+        longest_pair_tokens=900,
+        r=64,
+        dtype="bfloat16",
+    )
+    assert plan.gradient_checkpointing is True
+    assert plan.micro_batch >= 1
+    assert plan.micro_batch == 1
+    assert plan.estimated_peak_bytes is not None and plan.estimated_peak_bytes < H100_FREE
+
+
+def test_short_rows_on_a_big_card_hit_the_batch_cap() -> None:
+    plan = plan_memory(
+        QWEN_7B,
+        device="cuda",
+        free_bytes=H100_FREE,
+        longest_pair_tokens=64,
+        r=64,
+        dtype="bfloat16",
+    )
+    assert plan.micro_batch == MAX_AUTO_MICRO_BATCH
+    assert plan.gradient_checkpointing is False
+
+
+def test_less_memory_means_a_smaller_batch() -> None:
+    def micro(free: int) -> int:
+        return plan_memory(
+            QWEN_7B,
+            device="cuda",
+            free_bytes=free,
+            longest_pair_tokens=900,
+            r=64,
+            dtype="bfloat16",
+        ).micro_batch
+
+    assert micro(40 * GIB) < micro(78 * GIB)
+
+
+def test_explicit_choices_win_over_the_plan() -> None:
+    plan = plan_memory(
+        QWEN_7B,
+        device="cuda",
+        free_bytes=H100_FREE,
+        longest_pair_tokens=900,
+        r=64,
+        dtype="bfloat16",
+        requested_micro_batch=3,
+        requested_checkpointing=True,
+    )
+    assert plan.micro_batch == 3
+    assert plan.gradient_checkpointing is True
+
+
+def test_precompute_pass_uses_a_bigger_batch_on_gpu() -> None:
+    plan = plan_memory(
+        QWEN_7B,
+        device="cuda",
+        free_bytes=H100_FREE,
+        longest_pair_tokens=900,
+        r=64,
+        dtype="bfloat16",
+    )
+    assert plan.precompute_ref_batch_size == min(4 * plan.micro_batch, 64)
+
+
+# --- batching, progress, merge --------------------------------------------------------------
+
+
+def test_length_grouped_batches_cover_every_row_once_with_little_padding() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(70, 900) for _ in range(900)]
+    order = length_grouped_indices(lengths, 4, random.Random(1))
+    assert sorted(order) == list(range(900))
+    batches = [order[i : i + 4] for i in range(0, 900, 4)]
+    padded = sum(4 * max(lengths[i] for i in b) for b in batches)
+    assert padded < 1.1 * sum(lengths)
+    assert max(lengths[i] for i in batches[0]) == max(lengths)
+
+
+def test_length_grouping_changes_with_the_seed() -> None:
+    lengths = list(range(100))
+    a = length_grouped_indices(lengths, 2, random.Random(1))
+    b = length_grouped_indices(lengths, 2, random.Random(2))
+    assert a != b
+
+
+def test_eta_from_mean_pace() -> None:
+    assert eta_seconds(10.0, 5, 15) == pytest.approx(20.0)
+    assert eta_seconds(10.0, 0, 15) is None
+    assert eta_seconds(10.0, 5, None) is None
+
+
+def test_numeric_metrics_keep_finite_numbers_only() -> None:
+    assert numeric_metrics({"loss": 0.5, "epoch": 1, "x": "s", "nan": float("nan"), "b": True}) == {
+        "loss": 0.5,
+        "epoch": 1.0,
+    }
+
+
+def test_merge_dtype_auto_is_bf16_on_gpu_fp32_on_cpu() -> None:
+    assert merge_dtype("auto", "cuda") == "bfloat16"
+    assert merge_dtype("auto", "cpu") == "float32"
+    assert merge_dtype("float16", "cpu") == "float16"
+
+
+def test_merge_refuses_an_adapter_of_another_base(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(MergeError, match="trained on"):
+        check_adapter_base({"base_model_name_or_path": str(tmp_path / "a")}, str(tmp_path / "b"))
+    check_adapter_base({"base_model_name_or_path": str(tmp_path / "a")}, str(tmp_path / "a/"))
