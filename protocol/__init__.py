@@ -17,11 +17,13 @@ from protocol.jobs import (
     MergeJobSpec,
 )
 from protocol.names import NAME_RULE, SafeName, check_name
+from protocol.trainer_api import AdapterList, TrainerHealth
 
 __all__ = [
     "NAME_RULE",
     "PROBLEM_CONTENT_TYPE",
     "QWEN_PROJECTIONS",
+    "AdapterList",
     "AdapterRecord",
     "DatasetRecord",
     "DpoJobSpec",
@@ -37,5 +39,6 @@ __all__ = [
     "PreferencePair",
     "Problem",
     "SafeName",
+    "TrainerHealth",
     "check_name",
 ]

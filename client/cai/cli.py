@@ -19,7 +19,7 @@ app = typer.Typer(
 
 # (module under cai.commands, how it is mounted). A module exposes `app` (a typer.Typer
 # mounted as a sub-command group) or `register(app)` (adds top-level commands).
-_COMMAND_MODULES: tuple[str, ...] = ("generator", "generate", "trainer", "run")
+_COMMAND_MODULES: tuple[str, ...] = ("generator", "generate", "trainer", "run", "report")
 
 
 def _load_commands() -> None:

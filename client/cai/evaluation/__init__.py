@@ -1,0 +1,33 @@
+"""Held-out evaluation of the base and of every stage: rules and judge apart, with intervals.
+
+    from cai.evaluation import EvalSettings, evaluate_stage
+    summary = await evaluate_stage(gen, run_dir, stage=1, model="stage1-j1", base_model="tiny",
+                                   pipeline=config, test_pairs=run_dir / "stages/1/test.jsonl")
+
+- `heldout`: the fixed, versioned instruction set (`heldout_v1.yaml`) and `HeldoutGuard`,
+  which keeps it out of every training input.
+- `evaluate`: answers, rule checks, judge, summary (`EvalSummary`) per stage.
+- `pair_accuracy`: the DPO implicit reward on held-out pairs, scored through vLLM.
+- `records`: the `eval.jsonl` record and the summary models; `stats`: Wilson, McNemar, lengths.
+"""
+
+from cai.evaluation.evaluate import EvalSettings, EvaluationError, evaluate_stage
+from cai.evaluation.heldout import HeldoutGuard, HeldoutSet, load_heldout
+from cai.evaluation.pair_accuracy import PairAccuracy, VllmTokenizer, pair_accuracy
+from cai.evaluation.records import EvalRecord, EvalSummary, read_eval_records, summarize_stage
+
+__all__ = [
+    "EvalRecord",
+    "EvalSettings",
+    "EvalSummary",
+    "EvaluationError",
+    "HeldoutGuard",
+    "HeldoutSet",
+    "PairAccuracy",
+    "VllmTokenizer",
+    "evaluate_stage",
+    "load_heldout",
+    "pair_accuracy",
+    "read_eval_records",
+    "summarize_stage",
+]

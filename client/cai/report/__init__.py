@@ -1,0 +1,10 @@
+"""The HTML report of a run: `build_report(run_dir)` writes `runs/<name>/report.html`.
+
+cai report runs/demo            # rebuild it
+python scripts/screenshot_report.py runs/demo/report.html out.png
+"""
+
+from cai.report.build import REPORT_FILE, build_report, render
+from cai.report.inputs import RunInputs, load_run
+
+__all__ = ["REPORT_FILE", "RunInputs", "build_report", "load_run", "render"]

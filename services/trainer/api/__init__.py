@@ -1,0 +1,1 @@
+"""HTTP layer of the trainer: routes, dependencies and the error handler."""

@@ -1,0 +1,141 @@
+"""The one place errors become `application/problem+json` (protocol.errors.Problem).
+
+Typed TrainerErrors keep their status and message; request validation errors name each
+field and what to fix (malformed JSON is a 400, other validation 422); unknown routes 404,
+wrong methods 405; anything else a 500 that says where to look, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from protocol.errors import PROBLEM_CONTENT_TYPE, Problem
+from services.trainer.core.errors import TrainerError
+
+logger = logging.getLogger(__name__)
+
+# Tags of the JobSpec union: pydantic puts them in the error location; callers never wrote them.
+_UNION_TAGS = {"dpo", "merge"}
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    request: Request,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = Problem(
+        title=title or HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+        **extra,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        media_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def _field(loc: tuple[Any, ...]) -> tuple[str, str]:
+    where = str(loc[0]) if loc else "body"
+    rest = list(loc[1:])
+    if where == "body" and len(rest) > 1 and rest[0] in _UNION_TAGS:
+        rest = rest[1:]
+    return where, ".".join(str(part) for part in rest)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe_validation_error(err: dict[str, Any]) -> tuple[str, dict[str, object]]:
+    where, field = _field(tuple(err.get("loc", ())))
+    kind = str(err.get("type", ""))
+    msg = str(err.get("msg", "")).removeprefix("Value error, ")
+    label = f"`{field}`" if field else ("the body" if where == "body" else f"the {where}")
+    if kind == "json_invalid":
+        field = ""
+        reason = (err.get("ctx") or {}).get("error", msg)
+        text = f"the body is not valid JSON ({reason}): send one JSON object"
+    elif kind == "missing":
+        text = f"{label} is required ({where}): add it"
+    elif kind == "extra_forbidden":
+        text = f"{label} is not a known field: remove it or check its spelling (see /docs)"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        text = "`kind` must be 'dpo' or 'merge': set it to say which job to run"
+    else:
+        shown = ""
+        if "input" in err and not isinstance(err["input"], dict | list):
+            shown = f" (got {_short(err['input'])})"
+        text = f"{label}: {msg}{shown}"
+    return text, {"in": where, "field": field, "type": kind, "message": msg}
+
+
+def _allowed_methods(request: Request) -> str:
+    # Starlette names only the first route that matched the path; ask every route per method.
+    methods = []
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        scope = dict(request.scope) | {"method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            methods.append(method)
+    return ", ".join(methods)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TrainerError)
+    async def _trainer_error(request: Request, exc: TrainerError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return problem_response(
+            exc.status, exc.detail, request, title=exc.title, headers=headers, **exc.extra
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        described = [describe_validation_error(dict(err)) for err in exc.errors()]
+        malformed = any(item["type"] == "json_invalid" for _, item in described)
+        texts = [text for text, _ in described]
+        detail = "; ".join(texts[:5]) + (f"; and {len(texts) - 5} more" if len(texts) > 5 else "")
+        return problem_response(
+            400 if malformed else 422,
+            detail,
+            request,
+            errors=[item for _, item in described],
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}: see /docs for the API"
+        elif exc.status_code == 405:
+            allowed = _allowed_methods(request)
+            headers = dict(exc.headers or {}) | {"Allow": allowed}
+            detail = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+            return problem_response(405, detail, request, headers=headers)
+        else:
+            detail = str(exc.detail)
+        return problem_response(exc.status_code, detail, request, headers=dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            500,
+            "the trainer hit an internal error; its log has the details. "
+            "Retrying may help; report it if it repeats",
+            request,
+        )

@@ -1,0 +1,70 @@
+"""The trainer's FastAPI app. `create_app(settings)` builds everything; nothing happens at
+import. The runner starts and stops with the app's lifespan.
+
+    uvicorn --factory services.trainer.app:create_app   # settings from CAI_TRAINER_*
+    python -m services.trainer                            # the same, with host/port from settings
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from services.trainer.api.deps import Authorized
+from services.trainer.api.errors import install_error_handlers
+from services.trainer.api.routes import adapters, datasets, health, jobs, metrics
+from services.trainer.core.config import TrainerSettings
+from services.trainer.state import TrainerState
+
+DESCRIPTION = """DPO and merge jobs over REST, with a durable queue, live progress and an
+adapter registry. Errors are `application/problem+json`. When the trainer has an API key,
+every route but `/health` needs `Authorization: Bearer <key>`."""
+
+
+def create_app(settings: TrainerSettings | None = None) -> FastAPI:
+    settings = settings or TrainerSettings()
+    state = TrainerState.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(state.runner.start)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(state.runner.stop)
+            state.db.close()
+
+    app = FastAPI(
+        title="cai trainer",
+        description=DESCRIPTION,
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.trainer = state
+    install_error_handlers(app)
+    for module in (health, metrics, datasets, jobs, adapters):
+        app.include_router(module.router)
+    _add_docs(app)
+    return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """OpenAPI and Swagger UI behind the key like every route but /health."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Authorized])
+    async def openapi() -> JSONResponse:
+        schema: dict[str, Any] = app.openapi()
+        return JSONResponse(schema)
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Authorized])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="cai trainer")

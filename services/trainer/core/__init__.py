@@ -1,0 +1,1 @@
+"""Settings, typed errors and the SQLite store of the trainer service."""

@@ -1,0 +1,298 @@
+"""Record-level reads and writes of the trainer's SQLite state (jobs, events, datasets,
+adapters, idempotency keys). Rows hold protocol models as JSON; this module is the only
+place that knows the table layout besides core/db.py.
+
+Every state change of a job writes a `state` event in the same transaction, so the event
+stream and the job row never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from protocol.adapters import AdapterRecord
+from protocol.datasets import DatasetRecord
+from protocol.jobs import JobEvent, JobProgress, JobRecord, JobSpec, JobState
+from services.trainer.core.db import Database
+
+_SPEC = TypeAdapter[Any](JobSpec)
+
+ACTIVE_STATES = (JobState.queued.value, JobState.running.value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return f"job-{uuid.uuid4().hex[:16]}"
+
+
+def _job_from_row(row: sqlite3.Row, position: int | None = None) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        kind=row["kind"],
+        state=JobState(row["state"]),
+        spec=_SPEC.validate_json(row["spec"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        started_at=datetime.fromisoformat(row["started_at"]) if row["started_at"] else None,
+        finished_at=datetime.fromisoformat(row["finished_at"]) if row["finished_at"] else None,
+        error=row["error"],
+        progress=JobProgress.model_validate_json(row["progress"]),
+        result=json.loads(row["result"]),
+        position=position,
+    )
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def insert_job(self, conn: sqlite3.Connection, job_id: str, spec: Any) -> None:
+        """Insert a queued job; call inside `db.transaction()` with the checks it depends on."""
+        now = utcnow()
+        conn.execute(
+            "INSERT INTO jobs (id, kind, state, spec, output_name, created_at) "
+            "VALUES (?, ?, 'queued', ?, ?, ?)",
+            (job_id, spec.kind, spec.model_dump_json(), spec.output_name, now.isoformat()),
+        )
+        self._add_event(conn, job_id, "state", now, state=JobState.queued)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        conn = self.db.connection()
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        return _job_from_row(row, self._position(conn, row))
+
+    def list_jobs(self, state: JobState | None = None, limit: int = 1000) -> list[JobRecord]:
+        conn = self.db.connection()
+        if state is None:
+            rows = conn.execute("SELECT * FROM jobs ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE state = ? ORDER BY seq LIMIT ?", (state.value, limit)
+            ).fetchall()
+        queued = [
+            r["seq"] for r in conn.execute("SELECT seq FROM jobs WHERE state='queued' ORDER BY seq")
+        ]
+        order = {seq: i for i, seq in enumerate(queued)}
+        return [_job_from_row(row, order.get(row["seq"])) for row in rows]
+
+    def _position(self, conn: sqlite3.Connection, row: sqlite3.Row) -> int | None:
+        if row["state"] != JobState.queued.value:
+            return None
+        (ahead,) = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state='queued' AND seq < ?", (row["seq"],)
+        ).fetchone()
+        return int(ahead)
+
+    def output_name_taken(self, conn: sqlite3.Connection, name: str) -> str | None:
+        """Why `name` cannot be a new output: registered, or the output of a live job."""
+        if conn.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone():
+            return f"an adapter or model named {name!r} is already registered"
+        row = conn.execute(
+            "SELECT id, state FROM jobs WHERE output_name = ? AND state IN ('queued','running')",
+            (name,),
+        ).fetchone()
+        if row:
+            return f"job {row['id']} ({row['state']}) already writes {name!r}"
+        return None
+
+    def claim_next(self) -> JobRecord | None:
+        """Mark the oldest queued job running and return it (None when the queue is empty)."""
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT * FROM jobs WHERE state='queued' ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            now = utcnow()
+            conn.execute(
+                "UPDATE jobs SET state='running', started_at=? WHERE id=?",
+                (now.isoformat(), row["id"]),
+            )
+            self._add_event(conn, row["id"], "state", now, state=JobState.running)
+        job = self.get_job(row["id"])
+        assert job is not None
+        return job
+
+    def set_pid(self, job_id: str, pid: int | None) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE jobs SET pid=? WHERE id=?", (pid, job_id))
+
+    def finish_job(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+        adapter: AdapterRecord | None = None,
+        conn: sqlite3.Connection | None = None,
+    ) -> bool:
+        """Move a live job to a terminal state (and register its output in the same
+        transaction). Returns False when the job was already terminal: the first end wins."""
+        if conn is None:
+            with self.db.transaction() as own:
+                return self.finish_job(
+                    job_id, state, error=error, result=result, adapter=adapter, conn=own
+                )
+        row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None or JobState(row["state"]).terminal:
+            return False
+        now = utcnow()
+        conn.execute(
+            "UPDATE jobs SET state=?, finished_at=?, error=?, result=?, pid=NULL WHERE id=?",
+            (state.value, now.isoformat(), error, json.dumps(result or {}), job_id),
+        )
+        if adapter is not None:
+            self.insert_adapter(conn, adapter)
+        self._add_event(conn, job_id, "state", now, state=state, message=error)
+        return True
+
+    def record_progress(self, job_id: str, progress: JobProgress) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET progress=? WHERE id=? AND state='running'",
+                (progress.model_dump_json(), job_id),
+            )
+            self._add_event(conn, job_id, "progress", utcnow(), progress=progress)
+
+    def record_log(self, job_id: str, message: str) -> None:
+        with self.db.transaction() as conn:
+            self._add_event(conn, job_id, "log", utcnow(), message=message)
+
+    def fail_interrupted(self, reason: str) -> list[str]:
+        """At start: every job still `running` lost its process with the old service."""
+        with self.db.transaction() as conn:
+            ids = [r["id"] for r in conn.execute("SELECT id FROM jobs WHERE state='running'")]
+            for job_id in ids:
+                self.finish_job(job_id, JobState.failed, error=reason, conn=conn)
+        return ids
+
+    def queue_depth(self) -> int:
+        (n,) = (
+            self.db.connection()
+            .execute("SELECT COUNT(*) FROM jobs WHERE state='queued'")
+            .fetchone()
+        )
+        return int(n)
+
+    def list_jobs_running_progress(self) -> list[JobProgress]:
+        rows = self.db.connection().execute("SELECT progress FROM jobs WHERE state='running'")
+        return [JobProgress.model_validate_json(r["progress"]) for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self.db.connection().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        counts = {state.value: 0 for state in JobState}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+    # -- events -------------------------------------------------------------------------
+
+    def _add_event(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        type_: str,
+        time: datetime,
+        *,
+        state: JobState | None = None,
+        progress: JobProgress | None = None,
+        message: str | None = None,
+    ) -> None:
+        (last,) = conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM job_events WHERE job_id=?", (job_id,)
+        ).fetchone()
+        event = JobEvent(
+            job_id=job_id,
+            seq=int(last) + 1,
+            type=type_,
+            time=time,
+            state=state,
+            progress=progress,
+            message=message,
+        )
+        conn.execute(
+            "INSERT INTO job_events (job_id, seq, type, body) VALUES (?, ?, ?, ?)",
+            (job_id, event.seq, type_, event.model_dump_json()),
+        )
+
+    def events_after(self, job_id: str, after: int, limit: int = 500) -> list[JobEvent]:
+        rows = (
+            self.db.connection()
+            .execute(
+                "SELECT body FROM job_events WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (job_id, after, limit),
+            )
+            .fetchall()
+        )
+        return [JobEvent.model_validate_json(r["body"]) for r in rows]
+
+    # -- idempotency --------------------------------------------------------------------
+
+    def idempotent_job(self, conn: sqlite3.Connection, key: str) -> tuple[str, str] | None:
+        row = conn.execute(
+            "SELECT body_sha256, job_id FROM idempotency_keys WHERE key=?", (key,)
+        ).fetchone()
+        return (row["body_sha256"], row["job_id"]) if row else None
+
+    def remember_key(self, conn: sqlite3.Connection, key: str, body_sha: str, job_id: str) -> None:
+        conn.execute(
+            "INSERT INTO idempotency_keys (key, body_sha256, job_id, created_at) VALUES (?,?,?,?)",
+            (key, body_sha, job_id, utcnow().isoformat()),
+        )
+
+    # -- datasets -----------------------------------------------------------------------
+
+    def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
+        row = (
+            self.db.connection()
+            .execute("SELECT record FROM datasets WHERE id=?", (dataset_id,))
+            .fetchone()
+        )
+        return DatasetRecord.model_validate_json(row["record"]) if row else None
+
+    def insert_dataset(self, record: DatasetRecord) -> bool:
+        """Register a dataset; False when the same id was already there (same bytes)."""
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO datasets (id, record) VALUES (?, ?)",
+                (record.id, record.model_dump_json()),
+            )
+            return cur.rowcount == 1
+
+    # -- adapters -----------------------------------------------------------------------
+
+    def insert_adapter(self, conn: sqlite3.Connection, record: AdapterRecord) -> None:
+        conn.execute(
+            "INSERT INTO adapters (name, kind, created_at, record) VALUES (?, ?, ?, ?)",
+            (record.name, record.kind, record.created_at.isoformat(), record.model_dump_json()),
+        )
+
+    def get_adapter(self, name: str) -> AdapterRecord | None:
+        row = (
+            self.db.connection()
+            .execute("SELECT record FROM adapters WHERE name=?", (name,))
+            .fetchone()
+        )
+        return AdapterRecord.model_validate_json(row["record"]) if row else None
+
+    def list_adapters(self, kind: str | None = None) -> list[AdapterRecord]:
+        conn = self.db.connection()
+        if kind is None:
+            rows = conn.execute("SELECT record FROM adapters ORDER BY created_at, name")
+        else:
+            rows = conn.execute(
+                "SELECT record FROM adapters WHERE kind=? ORDER BY created_at, name", (kind,)
+            )
+        return [AdapterRecord.model_validate_json(r["record"]) for r in rows]
