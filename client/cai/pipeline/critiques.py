@@ -1,0 +1,66 @@
+"""Step 3: the model critiques a response against one principle sampled from the constitution.
+
+principle = pick_principle(constitution, run_seed, instruction_id, round_, tags)
+prompt = build_prompt(template, pool, instruction, response, principle, few_shot=1)
+"""
+
+from __future__ import annotations
+
+from cai.pipeline.constitution import Constitution, Principle
+from cai.pipeline.prompts import Template, join_blocks
+from cai.pipeline.records import derive_seed
+from cai.pipeline.responses import parse as parse_text
+from cai.pipeline.seeds import SeedPool
+
+
+def pick_principle(
+    constitution: Constitution, run_seed: int, iid: str, round_: int, tags: list[str] | None = None
+) -> Principle:
+    """The principle for one critique round of one instruction: sampled, reproducible."""
+    return constitution.sample(derive_seed(run_seed, iid, "principle", round_), tags)
+
+
+def build_prompt(
+    template: Template,
+    pool: SeedPool,
+    constitution: Constitution,
+    instruction: str,
+    response: str,
+    principle: Principle,
+    *,
+    few_shot: int,
+) -> str:
+    blocks = [template.render("preamble")] if few_shot else []
+    for example in pool.critique_examples[:few_shot]:
+        blocks.append(
+            template.render(
+                "example",
+                instruction=example.instruction,
+                response=example.response,
+                critique_request=principle_request(constitution, example.principle, "critique"),
+                critique=example.critique,
+            )
+        )
+    blocks.append(
+        template.render(
+            "query",
+            instruction=instruction,
+            response=response,
+            critique_request=principle.critique_request,
+        )
+    )
+    return join_blocks(blocks)
+
+
+def principle_request(constitution: Constitution, principle_id: str, kind: str) -> str:
+    try:
+        principle = constitution.get(principle_id)
+    except KeyError:
+        # A user's constitution need not contain the seed example's principle: fall back
+        # to the first one so the example still shows the format.
+        principle = constitution.principles[0]
+    return principle.critique_request if kind == "critique" else principle.revision_request
+
+
+def parse(text: str, stop: list[str] | tuple[str, ...] = ()) -> str:
+    return parse_text(text, stop)

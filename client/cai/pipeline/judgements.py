@@ -1,0 +1,131 @@
+"""Step 5: a verdict for the original response and for the final revision.
+
+Each verdict has two independent parts, recorded separately:
+- rules (`rules.check`): type-specific checks, no length limits;
+- the model judge: the judge template asks "does the response do what was asked (A) good
+  (B) bad?" and reads the log-probabilities of the next token ' A' / ' B' (one generated
+  token, `logprobs` = top-k). With `swap`, a second query puts the good option under (B);
+  the margin is the mean over queries of log P(good letter) - log P(bad letter), so a
+  preference for one letter cancels out. A label missing from the top-k is scored instead
+  (`method: auto`): the prompt plus the label is echoed and the label's own log-probability
+  read back, exact whatever the top-k holds.
+
+The combined `ok` (config `judge.ok_rule`):
+    rules_and_judge (default)  ok = rules_ok and margin > threshold
+    rules                      ok = rules_ok
+    judge                      ok = margin > threshold
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from cai.pipeline.config import JudgeConfig
+from cai.pipeline.prompts import Template
+from cai.pipeline.records import JudgeQuery, Verdict
+
+LETTERS = ("A", "B")
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    prompt: str
+    good_label: str  # "A" or "B": the letter whose option says the response is good
+
+
+def labels(template: Template) -> tuple[str, str]:
+    """The next-token strings for A and B (template header `labels`, default ' A', ' B')."""
+    found = template.header.get("labels") or [" A", " B"]
+    if not isinstance(found, list) or len(found) != 2:
+        raise ValueError(f"template {template.tag}: `labels` must list two strings")
+    return str(found[0]), str(found[1])
+
+
+def build_queries(
+    template: Template, instruction: str, response: str, *, swap: bool
+) -> list[JudgePrompt]:
+    good, bad = template.render("good"), template.render("bad")
+    order = [("A", good, bad)] + ([("B", bad, good)] if swap else [])
+    return [
+        JudgePrompt(
+            template.render(
+                "query", instruction=instruction, response=response, option_a=a, option_b=b
+            ),
+            good_label=good_label,
+        )
+        for good_label, a, b in order
+    ]
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def read_label(top: dict[str, float], label: str) -> float | None:
+    """log P(label) from one position's top log-probs, counting ' A' and 'A' as the same answer."""
+    bare = label.strip()
+    variants = {bare, " " + bare, label}
+    found = [lp for token, lp in top.items() if token in variants]
+    return _logsumexp(found) if found else None
+
+
+def scored_logprob(
+    tokens: list[str], token_logprobs: list[float | None], text_offset: list[int], label_chars: int
+) -> float:
+    """Sum of the log-probs of the label's echoed tokens (prompt + label + one generated token).
+
+    Offsets are counted back from the generated token, in the server's own offset space, so
+    decoded prompt tokens that differ in length from the original text do not shift the
+    boundary. A token that straddles the boundary counts: it contains part of the label.
+    """
+    if len(tokens) < 2 or len(text_offset) != len(tokens):
+        raise ValueError(
+            "echoed log-probs need the prompt tokens, the label and one generated token"
+        )
+    boundary = text_offset[-1] - label_chars
+    total = 0.0
+    for i in range(len(tokens) - 1):
+        end = text_offset[i + 1]
+        logprob = token_logprobs[i]
+        if end > boundary and logprob is not None:
+            total += logprob
+    return total
+
+
+def margin(queries: list[JudgeQuery]) -> float:
+    diffs = [
+        (q.logprob_a - q.logprob_b) if q.good_label == "A" else (q.logprob_b - q.logprob_a)
+        for q in queries
+    ]
+    return sum(diffs) / len(diffs)
+
+
+def combine(
+    *,
+    response_id: str,
+    rules: dict[str, bool],
+    truncated: bool,
+    queries: list[JudgeQuery],
+    config: JudgeConfig,
+) -> Verdict:
+    rules_ok = all(rules.values())
+    judge_margin = margin(queries) if queries else None
+    judge_ok = None if judge_margin is None else judge_margin > config.threshold
+    if config.ok_rule == "rules":
+        ok = rules_ok
+    elif config.ok_rule == "judge":
+        ok = bool(judge_ok)
+    else:
+        ok = rules_ok and bool(judge_ok)
+    return Verdict(
+        response_id=response_id,
+        rules=rules,
+        rules_ok=rules_ok,
+        truncated=truncated,
+        judge_margin=None if judge_margin is None else round(judge_margin, 6),
+        judge_queries=queries,
+        judge_ok=judge_ok,
+        ok=ok,
+    )

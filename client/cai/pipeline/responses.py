@@ -1,0 +1,56 @@
+"""Step 2: the model answers each instruction, few-shot, with the template's real stop strings.
+
+    prompt, shown = build_prompt(template, pool, "qa", instruction, few_shot=2, seed=seed)
+    text = parse(choice.text)
+
+`pair_prompt(template, instruction)` is the template's `query` section alone: the `prompt`
+of every training pair, i.e. exactly the text the trained model continues. A later stage
+prompts the adapter with the same section (examples in front or not), so the training
+format and the generation format cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from cai.pipeline.prompts import Template, join_blocks
+from cai.pipeline.records import InstructionType
+from cai.pipeline.seeds import SeedPool
+
+
+def pair_prompt(template: Template, instruction: str) -> str:
+    return template.render("query", instruction=instruction)
+
+
+def build_prompt(
+    template: Template,
+    pool: SeedPool,
+    kind: InstructionType,
+    instruction: str,
+    *,
+    few_shot: int,
+    seed: int,
+) -> tuple[str, list[int]]:
+    examples = pool.types[kind].examples
+    shown = pool.sample_indices(len(examples), few_shot, seed) if few_shot else []
+    blocks = [template.render("preamble")] if shown else []
+    blocks += [
+        template.render(
+            "example", instruction=examples[i].instruction, response=examples[i].response
+        )
+        for i in shown
+    ]
+    blocks.append(pair_prompt(template, instruction))
+    return join_blocks(blocks), shown
+
+
+def parse(text: str, stop: list[str] | tuple[str, ...] = ()) -> str:
+    """The response text: whitespace trimmed, cut at a stop string the server let through.
+
+    vLLM removes the stop string it matched; the cut here only guards servers that do not
+    honour `stop` (it never cuts at a bare '###' or ':', which real answers contain).
+    """
+    cut = len(text)
+    for marker in stop:
+        position = text.find(marker)
+        if position != -1:
+            cut = min(cut, position)
+    return text[:cut].strip()

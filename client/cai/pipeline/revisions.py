@@ -1,0 +1,54 @@
+"""Step 4: the model rewrites the response following the critique (`rounds` may repeat 3-4).
+
+prompt = build_prompt(template, pool, constitution, instruction, response, critique,
+                      principle, few_shot=1)
+"""
+
+from __future__ import annotations
+
+from cai.pipeline.constitution import Constitution, Principle
+from cai.pipeline.critiques import principle_request
+from cai.pipeline.prompts import Template, join_blocks
+from cai.pipeline.responses import parse as parse_text
+from cai.pipeline.seeds import SeedPool
+
+
+def build_prompt(
+    template: Template,
+    pool: SeedPool,
+    constitution: Constitution,
+    instruction: str,
+    response: str,
+    critique: str,
+    principle: Principle,
+    *,
+    few_shot: int,
+) -> str:
+    blocks = [template.render("preamble")] if few_shot else []
+    for example in pool.critique_examples[:few_shot]:
+        blocks.append(
+            template.render(
+                "example",
+                instruction=example.instruction,
+                response=example.response,
+                critique_request=principle_request(constitution, example.principle, "critique"),
+                critique=example.critique,
+                revision_request=principle_request(constitution, example.principle, "revision"),
+                revision=example.revision,
+            )
+        )
+    blocks.append(
+        template.render(
+            "query",
+            instruction=instruction,
+            response=response,
+            critique_request=principle.critique_request,
+            critique=critique,
+            revision_request=principle.revision_request,
+        )
+    )
+    return join_blocks(blocks)
+
+
+def parse(text: str, stop: list[str] | tuple[str, ...] = ()) -> str:
+    return parse_text(text, stop)

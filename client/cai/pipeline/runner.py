@@ -1,0 +1,982 @@
+"""The streaming runner: instructions -> responses -> critiques -> revisions -> judgements -> pairs.
+
+    summary = await run_pipeline(config, Path("runs/demo"))            # async
+    summary = run_pipeline_sync(config, Path("runs/demo"), progress=bar) # from sync code
+
+How it runs (DESIGN.md "How the pipeline runs"):
+- Each accepted instruction starts its own chain task the moment it is accepted; the chain
+  requests its response, then the critique of that response, and so on. There is no
+  barrier between steps: only the split into train/test waits for every pair.
+- All requests share one concurrency limit per endpoint (`EndpointPool`); deeper steps go
+  first when slots are scarce, so started chains finish before new ones begin.
+- Every request's seed is `derive_seed(run seed, record id, step)`: the records do not
+  depend on timing, endpoint or interruptions.
+- A request that keeps failing writes its record with `status: failed` and the reason; the
+  chain of that instruction stops there and the run goes on. On the next start those
+  records are retried (`store.retry_failed`), except instruction attempts (their order
+  decides duplicates, so an attempt's outcome is final).
+- Resume: records already in a step file are reused, never requested again; the instruction
+  producer continues at the next attempt of each type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from cai.generator import GeneratorClient, GeneratorConnectionError, GeneratorError
+from cai.generator.types import Choice, CompletionResult
+from cai.pipeline import critiques, instructions, judgements, pairs, responses, revisions, rules
+from cai.pipeline.config import EndpointConfig, PipelineConfig, SamplingConfig, validate_config
+from cai.pipeline.constitution import load_constitution
+from cai.pipeline.dedupe import DuplicateIndex
+from cai.pipeline.endpoints import (
+    CallStats,
+    Endpoint,
+    EndpointPool,
+    Priority,
+    RequestFailed,
+    RetryingCaller,
+)
+from cai.pipeline.manifest import Manifest, Session, StepTokens, environment, package_versions
+from cai.pipeline.prompts import Template, load_template
+from cai.pipeline.records import (
+    INSTRUCTION_TYPES,
+    STEPS,
+    CritiqueRecord,
+    GeneratedRecord,
+    InstructionRecord,
+    InstructionType,
+    JudgementRecord,
+    JudgeQuery,
+    PairRecord,
+    ResponseRecord,
+    RevisionRecord,
+    Sampling,
+    TokenUsage,
+    Verdict,
+    critique_id,
+    derive_seed,
+    instruction_id,
+    judgement_id,
+    pair_id,
+    response_id,
+    revision_id,
+)
+from cai.pipeline.seeds import load_seed_pool
+from cai.pipeline.split import split_groups
+from cai.pipeline.store import RunStore, write_jsonl_atomic
+from cai.pipeline.summary import RunSummary, summarise
+from cai.pipeline.transport import KeepAliveTransport
+from protocol.datasets import PreferencePair
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+MANIFEST_EVERY_S = 5.0
+
+
+class RunConfigMismatch(ValueError):
+    """The run folder was started with a config that decides different records."""
+
+
+class ModelNotServed(ValueError):
+    """An endpoint answers but does not serve the configured model or adapter."""
+
+
+class ProgressSink(Protocol):
+    """What the CLI's progress bars implement; the runner calls it after each record."""
+
+    def planned(self, step: str, total: int) -> None: ...
+
+    def advance(self, step: str, status: str) -> None: ...
+
+
+class _NoProgress:
+    def planned(self, step: str, total: int) -> None:
+        pass
+
+    def advance(self, step: str, status: str) -> None:
+        pass
+
+
+@dataclass
+class _Generation:
+    choice: Choice
+    usage: TokenUsage
+
+
+@dataclass
+class _SessionCounters:
+    written: Counter[str] = field(default_factory=Counter)
+    tokens: dict[str, StepTokens] = field(default_factory=dict)
+
+
+class PipelineRunner:
+    """One session of one run. Use `run_pipeline` unless you bring your own callers."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        run_dir: Path,
+        *,
+        generator: RetryingCaller,
+        judge: RetryingCaller | None = None,
+        stats: CallStats | None = None,
+        progress: ProgressSink | None = None,
+        gpus: float = 1.0,
+        accept_config_change: bool = False,
+    ) -> None:
+        self.config = config
+        self.accept_config_change = accept_config_change
+        self.run_dir = run_dir
+        self.generator = generator
+        self.judge_caller = judge or generator
+        self.stats = stats or generator.stats
+        self.progress: ProgressSink = progress or _NoProgress()
+        self.gpus = gpus
+        tdir = Path(config.templates_dir) if config.templates_dir else None
+        self.templates: dict[str, Template] = {
+            name: load_template(name, tdir)
+            for name in ("instructions", "responses", "critiques", "revisions", "judge")
+        }
+        self.constitution = load_constitution(config.constitution)
+        self.pool = load_seed_pool(config.seed_pool)
+        self.store = RunStore(run_dir, config.store)
+        self.counters = _SessionCounters()
+        self._chains: set[asyncio.Task[None]] = set()
+        self._chain_seq = 0
+        self._labels = judgements.labels(self.templates["judge"])
+
+    # ---- the run ------------------------------------------------------------------------
+
+    async def run(self) -> RunSummary:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._check_config()
+        self.store.open()
+        dropped = self._drop_failed() if self.config.store.retry_failed else {}
+        manifest = self._start_manifest(dropped)
+        session = manifest.sessions[-1]
+        started = time.monotonic()
+        saver = asyncio.create_task(self._save_periodically(manifest, session, started))
+        try:
+            await self._record_served_models(manifest)
+            if self.config.instructions.source == "file":
+                await self._read_file()
+            else:
+                await self._produce()
+            while self._chains:
+                await asyncio.gather(*list(self._chains))
+            split_counts = self._split()
+            session.completed = True
+            manifest.status = "complete"
+        finally:
+            saver.cancel()
+            for task in self._chains:
+                task.cancel()
+            self.store.close()
+            self._end_session(manifest, session, started)
+        summary = summarise(self.run_dir, self.config, self.store, manifest, split_counts)
+        manifest.counts = summary.counts
+        manifest.skip_reasons = summary.skip_reasons
+        manifest.failures = summary.failures
+        manifest.diversity = summary.diversity
+        manifest.save(self.run_dir)
+        return summary
+
+    def _kinds(self) -> list[InstructionType]:
+        return [k for k in INSTRUCTION_TYPES if self.config.instructions.counts.get(k, 0) > 0]
+
+    def _check_config(self) -> None:
+        path = self.run_dir / CONFIG_FILE
+        if path.exists():
+            saved = validate_config(
+                yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path)
+            )
+            if saved.fingerprint() != self.config.fingerprint() and not self.accept_config_change:
+                raise RunConfigMismatch(
+                    f"{self.run_dir} was started with a different config ({path}); records would "
+                    "not match. Resume with that config, or start a new run (--name)."
+                )
+        tmp = path.with_name(f".{CONFIG_FILE}.tmp")
+        tmp.write_text(
+            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
+        os.replace(tmp, path)
+
+    def _drop_failed(self) -> dict[str, int]:
+        dropped = {}
+        for step in STEPS[1:]:
+            count = self.store.files[step].drop(lambda r: r.status == "failed")
+            if count:
+                dropped[step] = count
+                logger.info("retrying %d failed %s records", count, step)
+        return dropped
+
+    # ---- manifest -----------------------------------------------------------------------
+
+    def _start_manifest(self, dropped: dict[str, int]) -> Manifest:
+        config = self.config
+        manifest = Manifest.load_or_new(self.run_dir, config.name)
+        manifest.status = "running"
+        manifest.config = config.model_dump(mode="json")
+        manifest.config_fingerprint = config.fingerprint()
+        manifest.seed = config.seed
+        manifest.model = config.model
+        manifest.base_model = config.base_model
+        manifest.judge_model = config.judge_model()
+        manifest.templates = {
+            name: {"tag": t.tag, "sha256": t.sha256} for name, t in self.templates.items()
+        }
+        manifest.constitution = {
+            "tag": self.constitution.tag,
+            "path": config.constitution or "packaged",
+            "principles": [p.id for p in self.constitution.principles],
+        }
+        manifest.seed_pool = {
+            "version": str(self.pool.version),
+            "path": config.seed_pool or "packaged",
+        }
+        manifest.packages = package_versions()
+        env = environment()
+        manifest.python, manifest.platform = env["python"], env["platform"]
+        manifest.usd_per_gpu_hour = config.usd_per_gpu_hour
+        manifest.sessions.append(
+            Session(
+                started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                repaired_torn_bytes=self.store.repaired_bytes,
+                dropped_failed=dropped,
+            )
+        )
+        manifest.save(self.run_dir)
+        return manifest
+
+    def _fill_session(self, session: Session, started: float) -> None:
+        session.wall_s = round(time.monotonic() - started, 3)
+        session.gpu_s = round(session.wall_s * self.gpus, 3)
+        session.records_written = dict(self.counters.written)
+        session.tokens = {k: v.model_copy() for k, v in self.counters.tokens.items()}
+        session.retries = self.stats.retries
+        session.retry_reasons = dict(self.stats.retry_reasons)
+        session.failed_requests = self.stats.failed
+
+    def _end_session(self, manifest: Manifest, session: Session, started: float) -> None:
+        self._fill_session(session, started)
+        session.ended_at = datetime.now(UTC).isoformat(timespec="seconds")
+        if not session.completed:
+            manifest.status = "interrupted"
+        manifest.total_up()
+        manifest.save(self.run_dir)
+
+    async def _save_periodically(
+        self, manifest: Manifest, session: Session, started: float
+    ) -> None:
+        while True:
+            await asyncio.sleep(MANIFEST_EVERY_S)
+            self._fill_session(session, started)
+            manifest.total_up()
+            manifest.save(self.run_dir)
+
+    async def _record_served_models(self, manifest: Manifest) -> None:
+        """Record what each endpoint actually serves; refuse a model no endpoint has."""
+        seen: list[dict[str, Any]] = []
+        wanted = {self.config.model} | {self.config.judge_model()}
+        served: set[str] = set()
+        answered = False
+        callers = [self.generator] + (
+            [self.judge_caller] if self.judge_caller is not self.generator else []
+        )
+        for caller in callers:
+            for endpoint in caller.pool.endpoints:
+                models = getattr(endpoint.client, "models", None)
+                if models is None:
+                    continue
+                try:
+                    cards = await models()
+                except GeneratorConnectionError as exc:
+                    logger.warning("cannot list models of %s yet: %s", endpoint.url, exc)
+                    continue
+                except GeneratorError as exc:
+                    logger.warning("listing models of %s failed: %s", endpoint.url, exc)
+                    continue
+                answered = True
+                for card in cards:
+                    served.add(card.id)
+                    if card.id in wanted:
+                        seen.append({"endpoint": endpoint.url, **card.model_dump(mode="json")})
+        if answered and not wanted <= served:
+            raise ModelNotServed(
+                f"no endpoint serves {sorted(wanted - served)} (served: {sorted(served)}); "
+                "load the adapter or fix `model` / `judge.model` in the config"
+            )
+        manifest.served_models = seen
+
+    # ---- requests -----------------------------------------------------------------------
+
+    def _sampling(self, cfg: SamplingConfig, template: Template, seed: int) -> Sampling:
+        stop = cfg.stop if cfg.stop is not None else list(template.stop)
+        return Sampling(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_tokens,
+            stop=stop,
+            seed=seed,
+        )
+
+    def _count(self, step: str, result: CompletionResult) -> TokenUsage:
+        tokens = self.counters.tokens.setdefault(step, StepTokens())
+        tokens.requests += 1
+        tokens.prompt_tokens += result.usage.prompt_tokens
+        tokens.completion_tokens += result.usage.completion_tokens
+        return TokenUsage(
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+        )
+
+    async def _generate(
+        self, step: str, prompt: str, sampling: Sampling, priority: Priority
+    ) -> _Generation:
+        result = await self.generator.complete(
+            [prompt],
+            priority=priority,
+            model=self.config.model,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            stop=sampling.stop or None,  # whole strings: vLLM matches them on the text
+            seed=sampling.seed,
+        )
+        return _Generation(result.choices[0][0], self._count(step, result))
+
+    def _write(self, step: str, record: Any) -> None:
+        self.store.files[step].append(record)
+        self.counters.written[step] += 1
+        self.progress.advance(step, record.status)
+
+    # ---- instructions -------------------------------------------------------------------
+
+    async def _produce(self) -> None:
+        """Generate instructions until every type has its count (or ran out of attempts).
+
+        Decisions (accept, or reject as a duplicate of an earlier one) are taken in one fixed
+        order, attempt by attempt and type by type: the next decision is always the active
+        type with the smallest (next attempt, type order). Answers that come back early wait
+        for their turn. So duplicates are found across types, the outcome does not depend on
+        timing, and a resumed run continues the same sequence from what the file holds.
+        """
+        cfg = self.config.instructions
+        kinds = self._kinds()
+        file = self.store.files["instructions"]
+        seeds = self._seed_index()
+        index = DuplicateIndex(cfg.near_duplicate_threshold)
+        target = {k: cfg.counts[k] for k in kinds}
+        max_attempts = {k: math.ceil(target[k] * cfg.max_attempts_factor) for k in kinds}
+        accepted: Counter[str] = Counter()
+        decided: Counter[str] = Counter()
+        for record in sorted(file.records.values(), key=lambda r: (r.attempt, r.type)):
+            decided[record.type] += 1
+            if record.status == "ok":
+                index.add(record.id, record.text)
+                accepted[record.type] += 1
+                self._start_chain(record)
+        for kind in kinds:
+            self.progress.planned("instructions", target[kind])
+            if decided[kind] and file.get(instruction_id(kind, decided[kind] - 1)) is None:
+                raise RuntimeError(
+                    f"{file.path}: attempts of {kind} are not a prefix; delete the file"
+                )
+        launched = Counter(decided)
+        tasks: dict[tuple[str, int], asyncio.Task[_Generation | str]] = {}
+        template = self.templates["instructions"]
+        order = {k: i for i, k in enumerate(kinds)}
+
+        def active(kind: InstructionType) -> bool:
+            return accepted[kind] < target[kind] and decided[kind] < max_attempts[kind]
+
+        try:
+            while True:
+                open_kinds = [k for k in kinds if active(k)]
+                if not open_kinds:
+                    break
+                for kind in open_kinds:
+                    while (
+                        launched[kind] < max_attempts[kind]
+                        and launched[kind] - decided[kind] < target[kind] - accepted[kind]
+                    ):
+                        key = (kind, launched[kind])
+                        tasks[key] = asyncio.create_task(self._attempt(kind, launched[kind]))
+                        launched[kind] += 1
+                kind = min(open_kinds, key=lambda k: (decided[k], order[k]))
+                attempt = decided[kind]
+                outcome = await tasks.pop((kind, attempt))
+                iid = instruction_id(kind, attempt)
+                seed = derive_seed(self.config.seed, iid, "instructions")
+                _, shown = instructions.build_prompt(
+                    template, self.pool, kind, few_shot=cfg.few_shot, seed=seed
+                )
+                record = InstructionRecord(
+                    id=iid,
+                    instruction_id=iid,
+                    type=kind,
+                    attempt=attempt,
+                    model=self.config.model,
+                    template=template.tag,
+                    sampling=self._sampling(cfg.sampling, template, seed),
+                    few_shot=shown,
+                )
+                if isinstance(outcome, str):
+                    record.status, record.reason = "failed", outcome
+                else:
+                    text, problem = instructions.parse(outcome.choice.text)
+                    record.text = text
+                    record.finish_reason = outcome.choice.finish_reason
+                    record.usage = outcome.usage
+                    self._judge_instruction(record, problem, index, seeds)
+                self._write("instructions", record)
+                decided[kind] += 1
+                if record.status == "ok":
+                    accepted[kind] += 1
+                    self._start_chain(record)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+        for kind in kinds:
+            if accepted[kind] < target[kind]:
+                logger.warning(
+                    "%s: %d of %d instructions after %d attempts (duplicates are not refilled)",
+                    kind,
+                    accepted[kind],
+                    target[kind],
+                    decided[kind],
+                )
+
+    def _judge_instruction(
+        self,
+        record: InstructionRecord,
+        problem: str | None,
+        index: DuplicateIndex,
+        seeds: DuplicateIndex,
+    ) -> None:
+        if problem is not None:
+            record.status, record.reason = "rejected", problem
+            return
+        if seeds.find(record.text) is not None:
+            record.status, record.reason = "rejected", "copies_seed"
+            return
+        duplicate = index.find(record.text)
+        if duplicate is not None:
+            record.status = "rejected"
+            record.reason = "duplicate" if duplicate[1] == "exact" else "near_duplicate"
+            record.duplicate_of = duplicate[0]
+            return
+        index.add(record.id, record.text)
+
+    def _seed_index(self) -> DuplicateIndex:
+        seeds = DuplicateIndex(self.config.instructions.near_duplicate_threshold)
+        for kind, type_seeds in self.pool.types.items():
+            for i, text in enumerate(type_seeds.instructions):
+                seeds.add(f"seed:{kind}:{i}", text)
+            for i, example in enumerate(type_seeds.examples):
+                seeds.add(f"seed:{kind}:example:{i}", example.instruction)
+        return seeds
+
+    async def _attempt(self, kind: InstructionType, attempt: int) -> _Generation | str:
+        cfg = self.config.instructions
+        iid = instruction_id(kind, attempt)
+        seed = derive_seed(self.config.seed, iid, "instructions")
+        template = self.templates["instructions"]
+        prompt, _ = instructions.build_prompt(
+            template, self.pool, kind, few_shot=cfg.few_shot, seed=seed
+        )
+        try:
+            return await self._generate(
+                "instructions", prompt, self._sampling(cfg.sampling, template, seed), (0, attempt)
+            )
+        except RequestFailed as exc:
+            return str(exc)
+
+    async def _read_file(self) -> None:
+        cfg = self.config.instructions
+        file = self.store.files["instructions"]
+        index = DuplicateIndex(cfg.near_duplicate_threshold)
+        counters: Counter[str] = Counter()
+        for given_id, kind, text in instructions.read_instruction_file(str(cfg.file)):
+            iid = given_id or instruction_id(kind, counters[kind])
+            counters[kind] += 1
+            record = file.get(iid)
+            if record is None:
+                record = InstructionRecord(
+                    id=iid,
+                    instruction_id=iid,
+                    type=kind,
+                    attempt=counters[kind] - 1,
+                    source="file",
+                    text=text,
+                )
+                duplicate = index.find(text)
+                if duplicate is not None:
+                    record.status = "rejected"
+                    record.reason = "duplicate" if duplicate[1] == "exact" else "near_duplicate"
+                    record.duplicate_of = duplicate[0]
+                self._write("instructions", record)
+            if record.status == "ok":
+                index.add(iid, text)
+                self._start_chain(record)
+
+    # ---- chains -------------------------------------------------------------------------
+
+    def _start_chain(self, instruction: InstructionRecord) -> None:
+        self._chain_seq += 1
+        task = asyncio.create_task(self._chain(instruction, self._chain_seq))
+        self._chains.add(task)
+        task.add_done_callback(self._chain_done)
+        for step in STEPS[1:]:
+            self.progress.planned(step, 1)
+
+    def _chain_done(self, task: asyncio.Task[None]) -> None:
+        self._chains.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("chain failed: %r", task.exception())
+
+    async def _chain(self, instruction: InstructionRecord, seq: int) -> None:
+        files = self.store.files
+        iid = instruction.id
+        original = files["responses"].get(response_id(iid)) or await self._respond(instruction, seq)
+        if original.status != "ok":
+            return
+        current: GeneratedRecord = original
+        for round_ in range(1, self.config.critiques.rounds + 1):
+            critique = files["critiques"].get(critique_id(iid, round_)) or await self._critique(
+                instruction, current, round_, seq
+            )
+            if critique.status != "ok":
+                return
+            revision = files["revisions"].get(revision_id(iid, round_)) or await self._revise(
+                instruction, current, critique, round_, seq
+            )
+            if revision.status != "ok":
+                return
+            current = revision
+        judgement = files["judgements"].get(judgement_id(iid)) or await self._judge(
+            instruction, original, current, seq
+        )
+        if judgement.status != "ok":
+            return
+        if pair_id(iid) not in files["pairs"]:
+            self._write("pairs", self._pair(instruction, original, current, judgement))
+
+    async def _step(
+        self,
+        step: str,
+        record: GeneratedRecord,
+        prompt: str,
+        stop: list[str],
+        priority: Priority,
+    ) -> None:
+        assert record.sampling is not None
+        try:
+            generation = await self._generate(step, prompt, record.sampling, priority)
+        except RequestFailed as exc:
+            record.status, record.reason = "failed", str(exc)
+        else:
+            record.text = responses.parse(generation.choice.text, stop)
+            record.finish_reason = generation.choice.finish_reason
+            record.usage = generation.usage
+        self._write(step, record)
+
+    async def _respond(self, instruction: InstructionRecord, seq: int) -> ResponseRecord:
+        cfg = self.config.responses
+        template = self.templates["responses"]
+        rid = response_id(instruction.id)
+        seed = derive_seed(self.config.seed, rid, "responses")
+        prompt, shown = responses.build_prompt(
+            template,
+            self.pool,
+            instruction.type,
+            instruction.text,
+            few_shot=cfg.few_shot,
+            seed=seed,
+        )
+        sampling = self._sampling(cfg.sampling, template, seed)
+        record = ResponseRecord(
+            id=rid,
+            instruction_id=instruction.id,
+            parent_id=instruction.id,
+            type=instruction.type,
+            model=self.config.model,
+            template=template.tag,
+            sampling=sampling,
+            few_shot=shown,
+        )
+        await self._step("responses", record, prompt, sampling.stop, (-1, seq))
+        return record
+
+    async def _critique(
+        self, instruction: InstructionRecord, target: GeneratedRecord, round_: int, seq: int
+    ) -> CritiqueRecord:
+        cfg = self.config.critiques
+        template = self.templates["critiques"]
+        cid = critique_id(instruction.id, round_)
+        principle = critiques.pick_principle(
+            self.constitution, self.config.seed, instruction.id, round_, list(cfg.principle_tags)
+        )
+        seed = derive_seed(self.config.seed, cid, "critiques")
+        prompt = critiques.build_prompt(
+            template,
+            self.pool,
+            self.constitution,
+            instruction.text,
+            target.text,
+            principle,
+            few_shot=cfg.few_shot,
+        )
+        sampling = self._sampling(cfg.sampling, template, seed)
+        record = CritiqueRecord(
+            id=cid,
+            instruction_id=instruction.id,
+            parent_id=target.id,
+            target_id=target.id,
+            round=round_,
+            principle_id=principle.id,
+            model=self.config.model,
+            template=template.tag,
+            sampling=sampling,
+        )
+        await self._step("critiques", record, prompt, sampling.stop, (-2 * round_, seq))
+        return record
+
+    async def _revise(
+        self,
+        instruction: InstructionRecord,
+        target: GeneratedRecord,
+        critique: CritiqueRecord,
+        round_: int,
+        seq: int,
+    ) -> RevisionRecord:
+        cfg = self.config.revisions
+        template = self.templates["revisions"]
+        vid = revision_id(instruction.id, round_)
+        principle = self.constitution.get(critique.principle_id)
+        seed = derive_seed(self.config.seed, vid, "revisions")
+        prompt = revisions.build_prompt(
+            template,
+            self.pool,
+            self.constitution,
+            instruction.text,
+            target.text,
+            critique.text,
+            principle,
+            few_shot=cfg.few_shot,
+        )
+        sampling = self._sampling(cfg.sampling, template, seed)
+        record = RevisionRecord(
+            id=vid,
+            instruction_id=instruction.id,
+            parent_id=critique.id,
+            critique_id=critique.id,
+            round=round_,
+            principle_id=principle.id,
+            model=self.config.model,
+            template=template.tag,
+            sampling=sampling,
+        )
+        await self._step("revisions", record, prompt, sampling.stop, (-2 * round_ - 1, seq))
+        return record
+
+    # ---- judgements and pairs -----------------------------------------------------------
+
+    async def _judge(
+        self,
+        instruction: InstructionRecord,
+        original: ResponseRecord,
+        revision: GeneratedRecord,
+        seq: int,
+    ) -> JudgementRecord:
+        jid = judgement_id(instruction.id)
+        priority = (-2 * self.config.critiques.rounds - 2, seq)
+        record = JudgementRecord(
+            id=jid,
+            instruction_id=instruction.id,
+            parent_id=revision.id,
+            model=self.config.judge_model(),
+            template=self.templates["judge"].tag,
+            ok_rule=self.config.judge.ok_rule,
+            original=Verdict(
+                response_id=original.id, rules={}, rules_ok=False, truncated=False, ok=False
+            ),
+            revision=Verdict(
+                response_id=revision.id, rules={}, rules_ok=False, truncated=False, ok=False
+            ),
+        )
+        try:
+            record.original, record.revision = await asyncio.gather(
+                self._verdict(instruction, original, jid, "original", priority),
+                self._verdict(instruction, revision, jid, "revision", priority),
+            )
+        except RequestFailed as exc:
+            record.status, record.reason = "failed", str(exc)
+        self._write("judgements", record)
+        return record
+
+    async def _verdict(
+        self,
+        instruction: InstructionRecord,
+        response: GeneratedRecord,
+        jid: str,
+        which: str,
+        priority: Priority,
+    ) -> Verdict:
+        results = rules.check(
+            instruction.type,
+            instruction.text,
+            response.text,
+            response.finish_reason,
+            self.config.rules,
+        )
+        prompts = judgements.build_queries(
+            self.templates["judge"], instruction.text, response.text, swap=self.config.judge.swap
+        )
+        queries = await asyncio.gather(
+            *(
+                self._ask_judge(p, derive_seed(self.config.seed, jid, which, i), priority)
+                for i, p in enumerate(prompts)
+            )
+        )
+        return judgements.combine(
+            response_id=response.id,
+            rules=results,
+            truncated=response.finish_reason == "length",
+            queries=list(queries),
+            config=self.config.judge,
+        )
+
+    async def _ask_judge(
+        self, query: judgements.JudgePrompt, seed: int, priority: Priority
+    ) -> JudgeQuery:
+        cfg = self.config.judge
+        model = self.config.judge_model()
+        label_a, label_b = self._labels
+        usage = TokenUsage()
+        lp_a = lp_b = None
+        if cfg.method != "scored":
+            result = await self.judge_caller.complete(
+                [query.prompt],
+                priority=priority,
+                model=model,
+                max_tokens=1,
+                temperature=0.0,
+                logprobs=cfg.top_logprobs,
+                seed=seed,
+            )
+            usage = self._count("judgements", result)
+            choice = result.choices[0][0]
+            top = (
+                choice.logprobs.top_logprobs[0]
+                if choice.logprobs and choice.logprobs.top_logprobs
+                else None
+            ) or {}
+            lp_a, lp_b = judgements.read_label(top, label_a), judgements.read_label(top, label_b)
+            if lp_a is not None and lp_b is not None:
+                return JudgeQuery(
+                    good_label=query.good_label,
+                    logprob_a=lp_a,
+                    logprob_b=lp_b,
+                    method="top_logprobs",
+                    usage=usage,
+                )
+            if cfg.method == "top_logprobs":
+                # Not in the top-k: its log-prob is at most the smallest one listed.
+                floor = min(top.values()) if top else -100.0
+                return JudgeQuery(
+                    good_label=query.good_label,
+                    logprob_a=floor if lp_a is None else lp_a,
+                    logprob_b=floor if lp_b is None else lp_b,
+                    method="top_logprobs",
+                    usage=usage,
+                )
+        result = await self.judge_caller.complete(
+            [query.prompt + label_a, query.prompt + label_b],
+            priority=priority,
+            model=model,
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=0,
+            echo=True,
+            seed=seed,
+        )
+        scored_usage = self._count("judgements", result)
+        scores = []
+        for group, label in zip(result.choices, (label_a, label_b), strict=True):
+            lp = group[0].logprobs
+            if lp is None:
+                raise RequestFailed(
+                    "the judge server returned no echoed log-probs (echo + logprobs)"
+                )
+            scores.append(
+                judgements.scored_logprob(lp.tokens, lp.token_logprobs, lp.text_offset, len(label))
+            )
+        return JudgeQuery(
+            good_label=query.good_label,
+            logprob_a=round(scores[0], 6),
+            logprob_b=round(scores[1], 6),
+            method="scored",
+            usage=TokenUsage(
+                prompt_tokens=usage.prompt_tokens + scored_usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens + scored_usage.completion_tokens,
+            ),
+        )
+
+    def _pair(
+        self,
+        instruction: InstructionRecord,
+        original: ResponseRecord,
+        revision: GeneratedRecord,
+        judgement: JudgementRecord,
+    ) -> PairRecord:
+        decision = pairs.decide(
+            original.text, revision.text, judgement.original.ok, judgement.revision.ok
+        )
+        record = PairRecord(
+            id=pair_id(instruction.id),
+            instruction_id=instruction.id,
+            parent_id=judgement.id,
+            type=instruction.type,
+            rule=decision.rule,
+            judgement_id=judgement.id,
+        )
+        if decision.skipped:
+            record.status, record.reason = "skipped", decision.rule
+            return record
+        chosen, rejected = (
+            (revision, original) if decision.chosen == "revision" else (original, revision)
+        )
+        chosen_v, rejected_v = (
+            (judgement.revision, judgement.original)
+            if decision.chosen == "revision"
+            else (judgement.original, judgement.revision)
+        )
+        record.prompt = responses.pair_prompt(self.templates["responses"], instruction.text)
+        record.chosen, record.rejected = chosen.text, rejected.text
+        record.chosen_id, record.rejected_id = chosen.id, rejected.id
+        record.chosen_margin, record.rejected_margin = (
+            chosen_v.judge_margin,
+            rejected_v.judge_margin,
+        )
+        return record
+
+    # ---- split --------------------------------------------------------------------------
+
+    def _split(self) -> dict[str, int]:
+        made = {pid: p for pid, p in self.store.files["pairs"].records.items() if p.status == "ok"}
+        texts = {r.id: r.text for r in self.store.files["instructions"].records.values()}
+        assignment, groups = split_groups(
+            {pid: p.instruction_id for pid, p in made.items()},
+            texts,
+            train_ratio=self.config.split.train_ratio,
+            seed=derive_seed(self.config.seed, "split"),
+            group_threshold=self.config.split.group_threshold,
+        )
+        rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+        for pid in sorted(made):
+            pair = made[pid]
+            row = PreferencePair.model_validate(
+                {
+                    "prompt": pair.prompt,
+                    "chosen": pair.chosen,
+                    "rejected": pair.rejected,
+                    "id": pid,
+                    "instruction_id": pair.instruction_id,
+                    "type": pair.type,
+                    "rule": pair.rule,
+                    "chosen_id": pair.chosen_id,
+                    "rejected_id": pair.rejected_id,
+                    "chosen_margin": pair.chosen_margin,
+                    "rejected_margin": pair.rejected_margin,
+                    "group": groups[pair.instruction_id],
+                    "model": self.config.model,
+                }
+            )
+            rows[assignment[pid]].append(row.model_dump(mode="json"))
+        for name, split_rows in rows.items():
+            write_jsonl_atomic(self.store.path(name), split_rows)
+        return {name: len(split_rows) for name, split_rows in rows.items()}
+
+
+# ---- entry points ---------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def open_pool(endpoints: list[EndpointConfig]) -> AsyncIterator[EndpointPool]:
+    """GeneratorClients (their own retries off: the pool's caller retries and counts) in a pool."""
+    async with AsyncExitStack() as stack:
+        pool_endpoints = []
+        for cfg in endpoints:
+            client = GeneratorClient(
+                cfg.url,
+                api_key=os.environ.get(cfg.api_key_env) if cfg.api_key_env else None,
+                timeout=cfg.timeout_s,
+                max_retries=0,
+                max_connections=cfg.concurrency + 8,
+                transport=KeepAliveTransport(max_connections=cfg.concurrency + 8),
+            )
+            await stack.enter_async_context(client)
+            pool_endpoints.append(Endpoint(cfg.url, client, cfg.concurrency, cfg.gpus))
+        yield EndpointPool(pool_endpoints)
+
+
+async def run_pipeline(
+    config: PipelineConfig,
+    run_dir: Path,
+    *,
+    progress: ProgressSink | None = None,
+    accept_config_change: bool = False,
+) -> RunSummary:
+    """Run (or resume) the pipeline of `config` into `run_dir`; return its summary.
+
+    `config.model` names what generates (the base, or a stage's adapter as vLLM serves it).
+    """
+    stats = CallStats()
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(config.endpoints))
+        generator = RetryingCaller(pool, config.retry, stats, seed=config.seed)
+        judge = None
+        gpus = sum(e.gpus for e in config.endpoints)
+        if config.judge.endpoints:
+            judge_pool = await stack.enter_async_context(open_pool(config.judge.endpoints))
+            judge = RetryingCaller(judge_pool, config.retry, stats, seed=config.seed + 1)
+            gpus += sum(e.gpus for e in config.judge.endpoints)
+        runner = PipelineRunner(
+            config,
+            run_dir,
+            generator=generator,
+            judge=judge,
+            stats=stats,
+            progress=progress,
+            gpus=gpus,
+            accept_config_change=accept_config_change,
+        )
+        return await runner.run()
+
+
+def run_pipeline_sync(
+    config: PipelineConfig,
+    run_dir: Path,
+    *,
+    progress: ProgressSink | None = None,
+    accept_config_change: bool = False,
+) -> RunSummary:
+    return asyncio.run(
+        run_pipeline(config, run_dir, progress=progress, accept_config_change=accept_config_change)
+    )

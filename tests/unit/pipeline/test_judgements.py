@@ -1,0 +1,105 @@
+"""The A/B judge: label reading, scoring fallback, margins, and the combined `ok`."""
+
+from __future__ import annotations
+
+import pytest
+
+from cai.pipeline.config import JudgeConfig
+from cai.pipeline.judgements import (
+    build_queries,
+    combine,
+    labels,
+    margin,
+    read_label,
+    scored_logprob,
+)
+from cai.pipeline.prompts import load_template
+from cai.pipeline.records import JudgeQuery
+
+TEMPLATE = load_template("judge")
+
+
+def _query(good: str, a: float, b: float) -> JudgeQuery:
+    return JudgeQuery(good_label=good, logprob_a=a, logprob_b=b, method="top_logprobs")
+
+
+def test_judge_asks_twice_with_the_options_swapped():
+    queries = build_queries(TEMPLATE, "Why?", "Because.", swap=True)
+    assert [q.good_label for q in queries] == ["A", "B"]
+    good, bad = TEMPLATE.render("good"), TEMPLATE.render("bad")
+    assert f"(A) {good}\n(B) {bad}" in queries[0].prompt
+    assert f"(A) {bad}\n(B) {good}" in queries[1].prompt
+    assert all(q.prompt.endswith("### Answer:") for q in queries)
+    assert len(build_queries(TEMPLATE, "Why?", "Because.", swap=False)) == 1
+
+
+def test_labels_come_from_the_template():
+    assert labels(TEMPLATE) == (" A", " B")
+
+
+def test_read_label_merges_spaced_and_bare_tokens():
+    top = {" A": -1.0, "A": -1.0, " B": -2.0, " the": -0.5}
+    assert read_label(top, " A") == pytest.approx(-1.0 + 0.6931, abs=1e-3)
+    assert read_label(top, " B") == -2.0
+    assert read_label({" the": -0.1}, " A") is None
+    assert read_label({" Apple": -0.1}, " A") is None
+
+
+def test_position_bias_cancels_with_the_swapped_query():
+    # The judge likes letter A by 1.0 whatever the options say; the response is good by 0.5.
+    queries = [
+        _query("A", -1.0 + 1.0 + 0.25, -1.0 - 0.25),
+        _query("B", -1.0 + 1.0 - 0.25, -1.0 + 0.25),
+    ]
+    assert margin(queries) == pytest.approx(0.5)
+
+
+def test_scored_logprob_sums_the_label_tokens_only():
+    # prompt "x Answer:" + label " A" + one generated token, as vLLM echoes them
+    tokens = ["x", " Answer", ":", " A", " the"]
+    logprobs = [None, -3.0, -1.0, -0.7, -9.0]
+    offsets = [0, 1, 8, 9, 11]
+    assert scored_logprob(tokens, logprobs, offsets, label_chars=2) == pytest.approx(-0.7)
+
+
+def test_scored_logprob_counts_a_token_straddling_the_boundary():
+    tokens = ["x", ":A", "B", " gen"]
+    logprobs = [None, -1.5, -0.5, -4.0]
+    offsets = [0, 1, 3, 4]
+    assert scored_logprob(tokens, logprobs, offsets, label_chars=2) == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize(
+    ("ok_rule", "rules_ok", "margin_value", "expected"),
+    [
+        ("rules_and_judge", True, 0.3, True),
+        ("rules_and_judge", True, -0.3, False),
+        ("rules_and_judge", False, 0.3, False),
+        ("rules", True, -5.0, True),
+        ("judge", False, 0.3, True),
+    ],
+)
+def test_combined_ok_rule(ok_rule, rules_ok, margin_value, expected):
+    verdict = combine(
+        response_id="qa-00001.r",
+        rules={"nonempty": rules_ok},
+        truncated=False,
+        queries=[_query("A", margin_value, 0.0)],
+        config=JudgeConfig(ok_rule=ok_rule),
+    )
+    assert verdict.ok is expected
+    assert verdict.rules_ok is rules_ok
+    assert verdict.judge_margin == pytest.approx(margin_value)
+
+
+def test_rules_and_judge_verdicts_are_recorded_separately():
+    verdict = combine(
+        response_id="r",
+        rules={"nonempty": True, "no_template_residue": False},
+        truncated=True,
+        queries=[_query("A", -0.1, -2.0)],
+        config=JudgeConfig(),
+    )
+    assert verdict.rules == {"nonempty": True, "no_template_residue": False}
+    assert verdict.rules_ok is False and verdict.judge_ok is True and verdict.ok is False
+    assert verdict.truncated is True
