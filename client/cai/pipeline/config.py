@@ -212,6 +212,14 @@ class PipelineConfig(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     constitution: str | None = Field(default=None, description="Path; None: the packaged one.")
     seed_pool: str | None = Field(default=None, description="Path; None: the packaged one.")
+    heldout: str | None = Field(
+        default=None,
+        description=(
+            "The evaluation's held-out instruction set (path; None: the packaged heldout-v1). "
+            "Generated instructions that copy or nearly copy one of them are rejected "
+            "(`matches_heldout`), so no training pair is ever about an evaluation question."
+        ),
+    )
     templates_dir: str | None = Field(default=None, description="Path; None: the packaged ones.")
     usd_per_gpu_hour: float = Field(default=2.5, ge=0.0, description="For the cost estimate.")
 

@@ -159,6 +159,10 @@ class PipelineRunner:
         self._chains: set[asyncio.Task[None]] = set()
         self._chain_seq = 0
         self._labels = judgements.labels(self.templates["judge"])
+        # Imported here: cai.evaluation builds on the pipeline's modules.
+        from cai.evaluation.heldout import HeldoutGuard, load_heldout
+
+        self.heldout = HeldoutGuard(load_heldout(config.heldout))
 
     # ---- the run ------------------------------------------------------------------------
 
@@ -471,6 +475,9 @@ class PipelineRunner:
     ) -> None:
         if problem is not None:
             record.status, record.reason = "rejected", problem
+            return
+        if self.heldout.match(record.text) is not None:
+            record.status, record.reason = "rejected", "matches_heldout"
             return
         if seeds.find(record.text) is not None:
             record.status, record.reason = "rejected", "copies_seed"

@@ -1,0 +1,161 @@
+"""`RunConfig`: the stages of `cai run`, loaded from YAML (see configs/demo.yaml).
+
+    config = load_run_config("configs/demo.yaml")
+
+A run is a baseline assessment followed by stages. Each stage generates preference pairs
+with the current model (the base, then the previous stage's adapter), trains a LoRA adapter
+on them with a DPO job, hot-swaps it into vLLM and evaluates it. Hyper-parameters are data:
+`pipeline` and `job` hold the run's defaults, and each stage may override any of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cai.evaluation.evaluate import EvalSettings
+from protocol.names import SafeName
+
+
+class RunConfigError(ValueError):
+    """The run config is invalid; the message names the field and what to change."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GeneratorConfig(_Section):
+    url: str = Field(default="http://127.0.0.1:8000", description="vLLM base URL (no /v1).")
+    api_key_env: str = Field(
+        default="CAI_GENERATOR_API_KEY", description="Environment variable holding vLLM's key."
+    )
+    base_model: str = Field(default="tiny", description="vLLM's served name of the base model.")
+    concurrency: int = Field(default=64, ge=1, description="Requests in flight at most.")
+
+
+class TrainerConfig(_Section):
+    url: str = Field(default="http://127.0.0.1:8100", description="Trainer service base URL.")
+    api_key_env: str = Field(
+        default="CAI_TRAINER_API_KEY", description="Environment variable holding the trainer's key."
+    )
+    base_model: str = Field(
+        default="tiny",
+        description="The base model as the trainer names it (a folder under its model roots).",
+    )
+
+
+class StageConfig(_Section):
+    chain: Literal["continue", "merge"] = Field(
+        default="continue",
+        description=(
+            "How this stage builds on the previous one. `continue`: train on top of the previous "
+            "adapter (iterative DPO: it is the reference). `merge`: merge the previous adapter into "
+            "the base (a trainer merge job) and train a fresh adapter on the merged model."
+        ),
+    )
+    pipeline: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the run's `pipeline` for this stage."
+    )
+    job: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the run's `job` (DPO spec) for this stage."
+    )
+
+
+class RunConfig(_Section):
+    name: SafeName = Field(description="Run folder name under `run_root`.")
+    run_root: str = Field(default="runs")
+    seed: int = Field(default=0, ge=0, description="Stage N's pipeline seed is seed + N.")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    sleep_during_training: bool = Field(
+        default=True,
+        description=(
+            "Put vLLM to sleep while a job trains and wake it after (one GPU shared by both). "
+            "Turn off when the services have separate GPUs."
+        ),
+    )
+    small_test: bool = Field(
+        default=False,
+        description="Start from the pipeline's small-test preset (a few dozen calls).",
+    )
+    pipeline: dict[str, Any] = Field(
+        default_factory=dict, description="PipelineConfig fields shared by every stage."
+    )
+    job: dict[str, Any] = Field(
+        default_factory=dict,
+        description="DpoJobSpec fields shared by every stage (lora, dpo, seed, load_in_4bit).",
+    )
+    evaluation: EvalSettings = Field(
+        default_factory=EvalSettings, description="The held-out evaluation of every stage."
+    )
+    pair_accuracy_reference: Literal["training", "base"] = Field(
+        default="training",
+        description=(
+            "Reference of the held-out pair accuracy (the DPO implicit reward). `training`: the "
+            "reference the stage trained against (the base for stage 1 and after a merge, the "
+            "previous adapter for `continue`), so it measures what the stage learned. `base`: "
+            "always the base, so it measures where the chain stands overall."
+        ),
+    )
+    usd_per_gpu_hour: float = Field(default=2.5, ge=0.0, description="For cost estimates.")
+    stages: list[StageConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _first_stage_has_nothing_to_merge(self) -> RunConfig:
+        if self.stages[0].chain == "merge":
+            raise ValueError("stage 1 cannot use chain: merge (there is no previous adapter)")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run_root) / self.name
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides a run's results (not URLs or keys)."""
+        data = self.model_dump(mode="json", exclude={"generator", "trainer", "run_root"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def stage_pipeline(self, number: int) -> dict[str, Any]:
+        """The run's pipeline fields with stage `number`'s overrides on top (deep merge)."""
+        return deep_merge(self.pipeline, self.stages[number - 1].pipeline)
+
+    def stage_job(self, number: int) -> dict[str, Any]:
+        return deep_merge(self.job, self.stages[number - 1].job)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_run_config(path: str | Path, **overrides: Any) -> RunConfig:
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise RunConfigError(f"cannot read run config {file}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise RunConfigError(f"run config {file} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RunConfigError(f"run config {file} must be a mapping of fields")
+    data = deep_merge(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise RunConfigError(f"{file}: {problems}") from exc

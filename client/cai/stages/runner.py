@@ -1,0 +1,521 @@
+"""`cai run`: baseline, then per stage generate → upload → train → publish → evaluate.
+
+    await run_stages(load_run_config("configs/demo.yaml"), reporter=ConsoleReporter())
+
+Run folder (`runs/<name>/`, see cai.report.inputs for the files the report reads):
+    state.json            where the run stands (cai.stages.state), replaced atomically
+    manifest.json         config, versions, per-stage models, jobs, datasets, evaluation
+    steps.jsonl           wall time, GPU-seconds, tokens and cost of every finished step
+    eval.jsonl            held-out answers and verdicts, stage 0 = the base
+    stages/<N>/           the pipeline's run folder of stage N, plus train_events.jsonl
+
+Resume: every step records its outcome in state.json before the next begins. A DPO job is
+submitted with an idempotency key derived from its spec, so a run killed between the submit
+and the save finds the same job again instead of training twice. The pipeline and the
+evaluation resume record by record on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from cai.evaluation.evaluate import evaluate_stage
+from cai.evaluation.records import EvalSummary
+from cai.generator import GeneratorClient, adapter_version_name, probe_adapter, publish
+from cai.pipeline import PipelineConfig, RunSummary, run_pipeline
+from cai.pipeline.config import EndpointConfig, small_test_overlay, validate_config
+from cai.pipeline.manifest import package_versions
+from cai.pipeline.runner import ProgressSink
+from cai.stages.config import RunConfig
+from cai.stages.state import RunState, StageState, load_state, save_state, write_json_atomic
+from cai.trainer import TrainerClient
+from protocol.jobs import DpoJobSpec, JobEvent, JobRecord, JobState, MergeJobSpec
+
+logger = logging.getLogger(__name__)
+
+STAGES_DIR = "stages"
+STEPS_FILE = "steps.jsonl"
+MANIFEST_FILE = "manifest.json"
+TRAIN_EVENTS_FILE = "train_events.jsonl"
+
+
+class RunError(RuntimeError):
+    """The run cannot go on; the message says what happened and what to do."""
+
+
+class Reporter(Protocol):
+    """What `cai run` shows a person. The CLI draws it with rich; tests record it."""
+
+    def step(self, stage: int, step: str, message: str) -> None: ...
+
+    def pipeline_progress(self, stage: int) -> ProgressSink | None: ...
+
+    def training(self, stage: int, event: JobEvent) -> None: ...
+
+
+class SilentReporter:
+    def step(self, stage: int, step: str, message: str) -> None:
+        logger.info("stage %d %s: %s", stage, step, message)
+
+    def pipeline_progress(self, stage: int) -> ProgressSink | None:
+        return None
+
+    def training(self, stage: int, event: JobEvent) -> None:
+        return None
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    baseline: EvalSummary
+    stages: list[EvalSummary]
+
+
+def _env_key(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+class StageRunner:
+    def __init__(
+        self,
+        config: RunConfig,
+        gen: GeneratorClient,
+        trainer: TrainerClient,
+        reporter: Reporter,
+    ) -> None:
+        self.config = config
+        self.gen = gen
+        self.trainer = trainer
+        self.reporter = reporter
+        self.run_dir = config.run_dir
+        self.state = self._load_or_start_state()
+
+    # ---- state and bookkeeping ----------------------------------------------------------
+
+    def _load_or_start_state(self) -> RunState:
+        state = load_state(self.run_dir)
+        fingerprint = self.config.fingerprint()
+        if state is None:
+            return RunState(fingerprint=fingerprint)
+        if state.fingerprint != fingerprint:
+            raise RunError(
+                f"{self.run_dir} was started with a different config (fingerprint "
+                f"{state.fingerprint}, now {fingerprint}): resume with the same config, or "
+                "give the run a new name"
+            )
+        return state
+
+    def _save(self) -> None:
+        save_state(self.run_dir, self.state)
+
+    def _stage_dir(self, number: int) -> Path:
+        return self.run_dir / STAGES_DIR / str(number)
+
+    def _record_step(self, stage: int, step: str, started: float, **extra: Any) -> None:
+        wall = time.monotonic() - started
+        row: dict[str, Any] = {"stage": stage, "step": step, "wall_s": round(wall, 3)}
+        gpu_s = extra.pop("gpu_s", wall)
+        row["gpu_s"] = round(gpu_s, 3)
+        row["cost_usd"] = round(gpu_s / 3600 * self.config.usd_per_gpu_hour, 6)
+        row.update(extra)
+        row["time"] = datetime.now(UTC).isoformat()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / STEPS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def _write_manifest(self, summaries: dict[int, EvalSummary]) -> None:
+        stages = []
+        for stage in self.state.stages:
+            entry: dict[str, Any] = stage.model_dump(mode="json")
+            entry["stage"] = stage.number
+            entry["model"] = stage.served_name
+            if stage.number in summaries:
+                entry["evaluation"] = summaries[stage.number].model_dump(mode="json")
+            stages.append(entry)
+        manifest = {
+            "name": self.config.name,
+            "base_model": self.config.generator.base_model,
+            "trainer_base_model": self.config.trainer.base_model,
+            "config": self.config.model_dump(mode="json"),
+            "fingerprint": self.config.fingerprint(),
+            "versions": package_versions(),
+            "baseline": summaries[0].model_dump(mode="json") if 0 in summaries else None,
+            "stages": stages,
+            "updated_at": datetime.now(UTC).isoformat(),
+        }
+        write_json_atomic(self.run_dir / MANIFEST_FILE, manifest)
+
+    # ---- configs of the parts -----------------------------------------------------------
+
+    def pipeline_config(self, number: int, model: str) -> PipelineConfig:
+        base = PipelineConfig.small_test() if self.config.small_test else PipelineConfig()
+        data = base.model_dump(mode="json")
+        data = _merge(data, self.config.stage_pipeline(number))
+        data.update(
+            name=f"{self.config.name}-stage{number}",
+            seed=self.config.seed + number,
+            model=model,
+            base_model=self.config.generator.base_model,
+            endpoints=[
+                EndpointConfig(
+                    url=self.config.generator.url,
+                    concurrency=self.config.generator.concurrency,
+                    api_key_env=self.config.generator.api_key_env,
+                ).model_dump()
+            ],
+        )
+        config = validate_config(data, source=f"{self.config.name} stage {number} pipeline")
+        return small_test_overlay(config) if self.config.small_test else config
+
+    def dpo_spec(self, number: int, stage: StageState, parent: str | None, base: str) -> DpoJobSpec:
+        assert stage.train_dataset_id is not None
+        fields = self.config.stage_job(number)
+        fields.update(
+            kind="dpo",
+            base_model=base,
+            dataset_id=stage.train_dataset_id,
+            eval_dataset_id=stage.test_dataset_id,
+            parent_adapter=parent,
+            output_name="pending",
+        )
+        fields.setdefault("seed", self.config.seed + number)
+        spec = DpoJobSpec.model_validate(fields)
+        # The name is derived from the spec's content: a resubmit of the same spec names the
+        # same adapter (and, with the idempotency key, finds the same job).
+        digest = _digest(spec.model_dump(mode="json", exclude={"output_name"}))
+        return spec.model_copy(
+            update={"output_name": f"{self.config.name}-s{number}-{digest[:10]}"}
+        )
+
+    # ---- the run ------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        summaries: dict[int, EvalSummary] = {}
+        summaries[0] = await self.baseline()
+        self._write_manifest(summaries)
+        for number in range(1, len(self.config.stages) + 1):
+            summaries[number] = await self.run_stage(number)
+            self._write_manifest(summaries)
+        return RunResult(
+            run_dir=self.run_dir,
+            baseline=summaries[0],
+            stages=[summaries[n] for n in range(1, len(self.config.stages) + 1)],
+        )
+
+    async def baseline(self) -> EvalSummary:
+        started = time.monotonic()
+        base = self.config.generator.base_model
+        already = self.state.baseline_done
+        self.reporter.step(0, "baseline", "cached" if already else f"evaluating {base}")
+        summary = await evaluate_stage(
+            self.gen,
+            self.run_dir,
+            stage=0,
+            model=base,
+            base_model=base,
+            pipeline=self.pipeline_config(1, base),
+            settings=self.config.evaluation,
+        )
+        if not already:
+            self.state.baseline_done = True
+            self._save()
+            self._record_step(0, "baseline", started)
+        return summary
+
+    async def run_stage(self, number: int) -> EvalSummary:
+        stage = self.state.stage(number)
+        previous = self.state.stages[number - 2] if number > 1 else None
+        chain = self.config.stages[number - 1].chain
+        generating_model = previous.served_name if previous else self.config.generator.base_model
+        assert generating_model is not None
+        stage_dir = self._stage_dir(number)
+
+        if not stage.generated:
+            await self._generate(number, stage, generating_model, stage_dir)
+        if stage.train_dataset_id is None:
+            await self._upload(number, stage, stage_dir)
+
+        trainer_base = self.config.trainer.base_model
+        parent: str | None = None
+        if previous is not None and chain == "continue":
+            parent = previous.adapter
+        elif previous is not None and chain == "merge":
+            trainer_base = await self._merge(number, stage, previous)
+
+        if stage.job_state != JobState.succeeded:
+            await self._train(number, stage, parent, trainer_base)
+        if stage.served_name is None or not await self._served(stage.served_name):
+            await self._publish(number, stage, trainer_base)
+        summary = await self._evaluate(number, stage, stage_dir)
+        return summary
+
+    async def _generate(
+        self, number: int, stage: StageState, model: str, stage_dir: Path
+    ) -> RunSummary:
+        started = time.monotonic()
+        self.reporter.step(number, "generate", f"pairs from {model} into {stage_dir}")
+        config = self.pipeline_config(number, model)
+        summary = await run_pipeline(
+            config, stage_dir, progress=self.reporter.pipeline_progress(number)
+        )
+        if summary.train_rows == 0:
+            raise RunError(
+                f"stage {number}: the pipeline produced no training pairs (funnel "
+                f"{summary.funnel}, skip reasons {summary.skip_reasons}); see "
+                f"{stage_dir}/pairs.jsonl and raise the instruction counts"
+            )
+        stage.generating_model = model
+        stage.generated = True
+        stage.train_pairs = summary.train_rows
+        stage.test_pairs = summary.test_rows
+        self._save()
+        tokens = summary.tokens
+        self._record_step(
+            number,
+            "generate",
+            started,
+            gpu_s=summary.gpu_s,
+            prompt_tokens=sum(t.prompt_tokens for t in tokens.values()),
+            completion_tokens=sum(t.completion_tokens for t in tokens.values()),
+        )
+        self.reporter.step(
+            number, "generate", f"{summary.train_rows} train / {summary.test_rows} test pairs"
+        )
+        return summary
+
+    async def _upload(self, number: int, stage: StageState, stage_dir: Path) -> None:
+        started = time.monotonic()
+        train = await self.trainer.upload_dataset(
+            stage_dir / "train.jsonl", name=f"{self.config.name}-s{number}-train"
+        )
+        stage.train_dataset_id = train.id
+        test_path = stage_dir / "test.jsonl"
+        if test_path.exists() and test_path.stat().st_size > 0:
+            test = await self.trainer.upload_dataset(
+                test_path, name=f"{self.config.name}-s{number}-test"
+            )
+            stage.test_dataset_id = test.id
+        self._save()
+        self._record_step(number, "upload", started, gpu_s=0.0)
+        self.reporter.step(
+            number, "upload", f"train {stage.train_dataset_id}, test {stage.test_dataset_id}"
+        )
+
+    async def _merge(self, number: int, stage: StageState, previous: StageState) -> str:
+        if stage.merged_model is not None:
+            return stage.merged_model
+        if previous.adapter is None:
+            raise RunError(f"stage {number}: chain merge needs stage {number - 1}'s adapter")
+        started = time.monotonic()
+        spec = MergeJobSpec(
+            adapter=previous.adapter,
+            output_name=f"{previous.adapter}-merged",
+        )
+        key = f"cai-run/{self.config.name}/stage{number}/merge/{_digest(spec.model_dump())[:16]}"
+        job = await self.trainer.submit_job(spec, idempotency_key=key)
+        stage.merge_job_id = job.id
+        self._save()
+        self.reporter.step(number, "merge", f"merge job {job.id}: {previous.adapter} into base")
+        job = await self.trainer.wait_for_job(job.id)
+        stage.merged_model = spec.output_name
+        self._save()
+        self._record_step(number, "merge", started)
+        raise RunError(
+            f"stage {number}: merged {previous.adapter} into model {spec.output_name!r} "
+            f"(trainer job {job.id}). Serving the next adapter needs the generator restarted "
+            f"on that model: start vLLM with CAI_GENERATOR_MODEL=<trainer data>/models/"
+            f"{spec.output_name}, then run `cai run` again to continue"
+        )
+
+    async def _train(
+        self, number: int, stage: StageState, parent: str | None, trainer_base: str
+    ) -> None:
+        started = time.monotonic()
+        events_path = self._stage_dir(number) / TRAIN_EVENTS_FILE
+        if stage.job_id is None:
+            spec = self.dpo_spec(number, stage, parent, trainer_base)
+            key = f"cai-run/{self.config.name}/stage{number}/dpo/{_digest(spec.model_dump())[:16]}"
+            job = await self.trainer.submit_job(spec, idempotency_key=key)
+            stage.job_id = job.id
+            stage.adapter = spec.output_name
+            stage.job_state = job.state
+            self._save()
+            self.reporter.step(number, "train", f"DPO job {job.id} submitted ({spec.output_name})")
+        else:
+            self.reporter.step(number, "train", f"following DPO job {stage.job_id}")
+        assert stage.job_id is not None
+
+        slept = False
+        if self.config.sleep_during_training:
+            await self.gen.sleep(level=1)
+            slept = True
+            self.reporter.step(number, "train", "generator asleep while the job trains")
+        try:
+            job = await self._follow(number, stage.job_id, events_path)
+        finally:
+            if slept:
+                await self.gen.wake_up()
+                self.reporter.step(number, "train", "generator awake")
+        stage.job_state = job.state
+        self._save()
+        if job.state != JobState.succeeded:
+            raise RunError(
+                f"stage {number}: DPO job {job.id} ended {job.state.value}: {job.error}. "
+                f"See `cai trainer jobs show {job.id}`; fix the cause and run `cai run` again "
+                "(a failed job is not resubmitted automatically: remove the stage's job_id "
+                "from state.json to train again)"
+            )
+        if slept:
+            await self._reprobe_previous(number)
+        train_s = _job_seconds(job)
+        self._record_step(number, "train", started, gpu_s=train_s or 0.0)
+
+    async def _follow(self, number: int, job_id: str, events_path: Path) -> JobRecord:
+        after = _last_seq(events_path)
+        events_path.parent.mkdir(parents=True, exist_ok=True)
+        with events_path.open("a", encoding="utf-8") as log:
+            async for event in self.trainer.events(job_id, after=after):
+                if event.seq <= after:
+                    continue
+                after = event.seq
+                if event.type == "progress" and event.progress is not None:
+                    row = event.progress.model_dump(mode="json")
+                    row["seq"] = event.seq
+                    log.write(json.dumps(row, sort_keys=True) + "\n")
+                    log.flush()
+                self.reporter.training(number, event)
+        return await self.trainer.get_job(job_id)
+
+    async def _reprobe_previous(self, number: int) -> None:
+        """After a wake-up, the adapter that served before must still change outputs."""
+        previous = self.state.stages[number - 2] if number > 1 else None
+        if previous is None or previous.served_name is None:
+            return
+        if not await self._served(previous.served_name):
+            return
+        probe = await probe_adapter(
+            self.gen, previous.served_name, self.config.generator.base_model
+        )
+        if not probe.differs:
+            raise RunError(
+                f"after waking the generator, adapter {previous.served_name!r} no longer changes "
+                "the base's outputs: restart the generator and run `cai run` again"
+            )
+
+    async def _served(self, name: str) -> bool:
+        return any(card.id == name for card in await self.gen.models())
+
+    async def _publish(self, number: int, stage: StageState, trainer_base: str) -> None:
+        assert stage.adapter is not None and stage.job_id is not None
+        started = time.monotonic()
+        record = await self.trainer.get_adapter(stage.adapter)
+        name = adapter_version_name(number, stage.job_id)
+        if await self._served(name):
+            # A server restarted between publish and the state save still has nothing
+            # loaded; one that serves the name already got it from this run.
+            stage.served_name = name
+            self._save()
+            return
+        published = await publish(
+            self.gen, record.path, name, base_model_name=self.config.generator.base_model
+        )
+        stage.adapter_path = record.path
+        stage.served_name = name
+        self._save()
+        self._record_step(number, "publish", started, gpu_s=0.0)
+        self.reporter.step(
+            number,
+            "publish",
+            f"{name} serving (rank {published.rank}, probe max |dlogp| "
+            f"{published.probe.max_abs_logprob_diff:.3f}, {published.seconds:.2f}s)",
+        )
+
+    async def _evaluate(self, number: int, stage: StageState, stage_dir: Path) -> EvalSummary:
+        assert stage.served_name is not None
+        started = time.monotonic()
+        self.reporter.step(number, "evaluate", f"{stage.served_name} on the held-out set")
+        test_pairs = stage_dir / "test.jsonl"
+        reference = self.config.generator.base_model
+        previous = self.state.stages[number - 2] if number > 1 else None
+        if (
+            self.config.pair_accuracy_reference == "training"
+            and previous is not None
+            and self.config.stages[number - 1].chain == "continue"
+            and previous.served_name is not None
+        ):
+            reference = previous.served_name
+        summary = await evaluate_stage(
+            self.gen,
+            self.run_dir,
+            stage=number,
+            model=stage.served_name,
+            base_model=self.config.generator.base_model,
+            pipeline=self.pipeline_config(number, stage.served_name),
+            test_pairs=test_pairs if test_pairs.exists() else None,
+            settings=self.config.evaluation,
+            reference_model=reference,
+        )
+        if not stage.evaluated:
+            stage.evaluated = True
+            self._save()
+            self._record_step(number, "evaluate", started)
+        return summary
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    from cai.stages.config import deep_merge
+
+    return deep_merge(base, override)
+
+
+def _digest(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _last_seq(path: Path) -> int:
+    """The last event seq saved (a torn last line from a kill is ignored and rewritten)."""
+    if not path.exists():
+        return 0
+    last = 0
+    good: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            last = int(json.loads(line)["seq"])
+        except (ValueError, KeyError, TypeError):
+            break
+        if not line.endswith("\n"):
+            break
+        good.append(line)
+    path.write_text("".join(good), encoding="utf-8")
+    return last
+
+
+def _job_seconds(job: JobRecord) -> float | None:
+    if job.started_at and job.finished_at:
+        return (job.finished_at - job.started_at).total_seconds()
+    return None
+
+
+async def run_stages(config: RunConfig, reporter: Reporter | None = None) -> RunResult:
+    """Run (or resume) every stage of `config`."""
+    reporter = reporter or SilentReporter()
+    async with (
+        GeneratorClient(
+            config.generator.url, api_key=_env_key(config.generator.api_key_env)
+        ) as gen,
+        TrainerClient(config.trainer.url, api_key=_env_key(config.trainer.api_key_env)) as trainer,
+    ):
+        runner = StageRunner(config, gen, trainer, reporter)
+        return await runner.run()
+
+
+EventCallback = Callable[[JobEvent], None]
