@@ -47,3 +47,7 @@ def main(
 
 
 _load_commands()
+
+
+if __name__ == "__main__":
+    app()

@@ -199,6 +199,10 @@ class StageRunner:
     # ---- the run ------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        if await self.gen.is_sleeping():
+            # A run killed while its job trained leaves vLLM asleep; nothing else can run.
+            self.reporter.step(0, "resume", "waking the generator left asleep by a killed run")
+            await self.gen.wake_up()
         summaries: dict[int, EvalSummary] = {}
         summaries[0] = await self.baseline()
         self._write_manifest(summaries)

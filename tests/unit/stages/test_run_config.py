@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from cai.stages.config import RunConfig, RunConfigError, deep_merge, load_run_config
+from cai.stages.runner import _last_seq
+from cai.stages.state import RunState, load_state, save_state
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_demo_config_is_valid_and_chains_two_stages() -> None:
+    config = load_run_config(ROOT / "configs" / "demo.yaml")
+    assert [s.chain for s in config.stages] == ["continue", "continue"]
+    assert config.run_dir == Path("runs/demo")
+
+
+def test_stage_overrides_merge_deeply_into_run_defaults() -> None:
+    config = RunConfig.model_validate(
+        {
+            "name": "x",
+            "pipeline": {"responses": {"sampling": {"temperature": 0.7, "max_tokens": 9}}},
+            "stages": [{}, {"pipeline": {"responses": {"sampling": {"temperature": 0.2}}}}],
+        }
+    )
+    assert config.stage_pipeline(1)["responses"]["sampling"] == {
+        "temperature": 0.7,
+        "max_tokens": 9,
+    }
+    assert config.stage_pipeline(2)["responses"]["sampling"] == {
+        "temperature": 0.2,
+        "max_tokens": 9,
+    }
+
+
+def test_deep_merge_does_not_modify_its_inputs() -> None:
+    base = {"a": {"b": 1}}
+    merged = deep_merge(base, {"a": {"c": 2}})
+    assert merged == {"a": {"b": 1, "c": 2}} and base == {"a": {"b": 1}}
+
+
+def test_first_stage_cannot_merge() -> None:
+    with pytest.raises(ValueError, match="stage 1 cannot use chain: merge"):
+        RunConfig.model_validate({"name": "x", "stages": [{"chain": "merge"}]})
+
+
+def test_bad_run_config_names_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: ../escape\nstages: [{}]\n")
+    with pytest.raises(RunConfigError, match="name"):
+        load_run_config(path)
+
+
+def test_fingerprint_ignores_urls_but_not_hyperparameters() -> None:
+    base = {"name": "x", "stages": [{}]}
+    one = RunConfig.model_validate(base)
+    moved = RunConfig.model_validate({**base, "generator": {"url": "http://elsewhere:1"}})
+    tuned = RunConfig.model_validate({**base, "job": {"dpo": {"beta": 0.2}}})
+    assert one.fingerprint() == moved.fingerprint() != tuned.fingerprint()
+
+
+def test_state_round_trips_and_grows_stages(tmp_path: Path) -> None:
+    state = RunState(fingerprint="f")
+    state.stage(2).job_id = "job-1"
+    save_state(tmp_path, state)
+    loaded = load_state(tmp_path)
+    assert loaded is not None and [s.number for s in loaded.stages] == [1, 2]
+    assert loaded.stages[1].job_id == "job-1"
+
+
+def test_torn_last_event_line_is_dropped_not_parsed(tmp_path: Path) -> None:
+    events = tmp_path / "train_events.jsonl"
+    events.write_text('{"seq": 1, "step": 1}\n{"seq": 2, "step": 2}\n{"seq": 3, "st')
+    assert _last_seq(events) == 2
+    assert events.read_text().endswith('"step": 2}\n')
