@@ -8,7 +8,7 @@ VLLM_OK   := .venv-vllm/.cai-ready
 TINY      := .cache/models/tiny
 TINY_OK   := $(TINY)/.cai-built
 
-.PHONY: install test lint typecheck unit serve stop status run tiny-model bench up down clean
+.PHONY: install browser test lint typecheck unit serve stop status run tiny-model bench up down clean
 
 install: $(VENV_OK) $(VLLM_OK)
 
@@ -31,6 +31,11 @@ tiny-model: $(TINY_OK)
 $(TINY_OK): services/generator/tiny_model.py | $(VENV_OK)
 	$(PY) -m services.generator.tiny_model --out $(TINY)
 
+# Debian's Chromium renders the report and drives the dashboard in the browser tests.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
 lint: $(VENV_OK)
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
@@ -38,7 +43,7 @@ lint: $(VENV_OK)
 typecheck: $(VENV_OK)
 	.venv/bin/mypy protocol services client/cai
 
-test: install tiny-model lint typecheck
+test: install tiny-model browser lint typecheck
 	.venv/bin/pytest tests
 
 unit: $(VENV_OK)
