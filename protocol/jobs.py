@@ -104,6 +104,16 @@ class DpoJobSpec(BaseModel):
     dpo: DpoSpec = Field(default_factory=DpoSpec)
     load_in_4bit: bool = Field(default=False, description="QLoRA loading; GPU only.")
     seed: int = Field(default=0)
+    num_processes: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Training processes. None: 1 on CPU, every GPU the worker sees on CUDA. Above 1 "
+            "the trainer runs `accelerate launch` with FSDP2 (weights, gradients and optimiser "
+            "state sharded over the processes, one GPU each): for models that do not fit one "
+            "card in bf16. On CPU, >1 runs gloo processes (the test path). See docs/gpu-box.md."
+        ),
+    )
 
 
 class MergeJobSpec(BaseModel):

@@ -17,6 +17,15 @@ no padding-free DPO); Liger kernels where importable on CUDA; sdpa attention.
 
 Writes the adapter (adapter_config.json, adapter_model.safetensors, tokenizer files) into
 `ctx.output_dir` and nothing else; TRL's scratch goes to `ctx.work_dir`.
+
+Under `accelerate launch` (services/trainer/distributed.py; WORLD_SIZE > 1: FSDP2 on GPUs,
+DDP over gloo on CPU) every rank runs this function. What changes there: under FSDP the
+memory plan counts 1/N of the weights (plus two unsharded layers); every rank takes the
+smallest free memory of all ranks, so all pick the same micro-batch; the model loads on the
+host (under FSDP rank 0 reads, the others get their shards when FSDP wraps it) instead of
+onto one card; the reference log-probs are computed in the training step (no pre-pass, see
+`distributed_overrides`); the LoRA tensors are gathered from their shards on every rank
+and only rank 0 writes the adapter.
 """
 
 from __future__ import annotations
@@ -31,6 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from protocol.jobs import DpoJobSpec
+from services.trainer.distributed import (
+    check_supported,
+    distributed_overrides,
+    gather_adapter_state,
+    init_process_group,
+    min_across_ranks,
+    process_rank,
+    sharded_shape,
+    strategy,
+    world_size,
+)
 from services.trainer.jobs.context import JobContext
 from services.trainer.jobs.training_config import (
     SpeedChoices,
@@ -141,13 +161,23 @@ def _no_weight_hashing(key: str) -> Iterator[None]:
         dpo_module.hash_module = original
 
 
-def _save_adapter(model: Any, tokenizer: Any, work_dir: Path, output_dir: Path) -> None:
+def _save_adapter(
+    model: Any,
+    tokenizer: Any,
+    work_dir: Path,
+    output_dir: Path,
+    state_dict: dict[str, Any] | None = None,
+) -> None:
     """Only the trained adapter (`default`, not TRL's frozen `ref` copy) and the tokenizer;
-    PEFT's README goes to the scratch folder, not into the registry."""
+    PEFT's README goes to the scratch folder, not into the registry. `state_dict`: the
+    gathered LoRA tensors of an FSDP model (its own parameters are shards)."""
     staging = work_dir / "adapter-save"
     if staging.exists():
         shutil.rmtree(staging)
-    model.save_pretrained(str(staging), selected_adapters=["default"], safe_serialization=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(
+        str(staging), selected_adapters=["default"], safe_serialization=True, **extra
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in ADAPTER_FILES:
         shutil.move(str(staging / name), str(output_dir / name))
@@ -180,6 +210,13 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
         if overridden:
             log.warning("iterative DPO keeps the parent's LoRA shape: %s", ", ".join(overridden))
     rank = int(parent_config["r"]) if parent_config is not None else spec.lora.r
+    processes = world_size()
+    check_supported(processes, spec.load_in_4bit)
+    if processes > 1:
+        # Before any model loads: transformers loads FSDP models rank-0-only only once the
+        # process group exists, and the memory plan below needs every rank's free memory.
+        init_process_group(device)
+    is_main = process_rank() == 0
 
     # The job log gets one line a step from ProgressCallback; datasets' bars would add noise.
     datasets.disable_progress_bars()
@@ -199,10 +236,13 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
 
     model_config = AutoConfig.from_pretrained(ctx.base_model_path)
     shape = ModelShape.from_config(model_config, count_parameters(model_config))
+    free_bytes = probe_free_gpu_bytes() if device == "cuda" else None
+    if processes > 1:
+        free_bytes = min_across_ranks(free_bytes)
     plan = plan_memory(
-        shape,
+        sharded_shape(shape, processes) if strategy(device) == "fsdp2" else shape,
         device=device,
-        free_bytes=probe_free_gpu_bytes() if device == "cuda" else None,
+        free_bytes=free_bytes,
         longest_pair_tokens=train.longest,
         r=rank,
         dtype=dtype,
@@ -220,7 +260,16 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
     )
     log.info("speed choices: %s", choices.as_dict())
 
-    model = _load_base_model(ctx.base_model_path, dtype, device, spec.load_in_4bit)
+    dpo_kwargs = dpo_config_kwargs(spec, choices, ctx.work_dir)
+    overrides = distributed_overrides(processes, device, dpo_kwargs)
+    if overrides:
+        log.info("%d processes (%s): %s", processes, strategy(device), overrides)
+    dpo_kwargs.update(overrides)
+    args = DPOConfig(**dpo_kwargs)
+    # Under FSDP the model loads on the host: rank 0 reads the weights, the other ranks
+    # build it on `meta`, and FSDP places each rank's shard on its GPU when it wraps it.
+    load_device = device if processes == 1 else "cpu"
+    model = _load_base_model(ctx.base_model_path, dtype, load_device, spec.load_in_4bit)
     if parent is not None:
         from peft import PeftModel
 
@@ -228,7 +277,6 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
         # (the previous stage) is the reference and the `default` copy is trained.
         model = PeftModel.from_pretrained(model, str(parent), is_trainable=True)
 
-    args = DPOConfig(**dpo_config_kwargs(spec, choices, ctx.work_dir))
     progress = ProgressCallback(ctx.emit)
     trainer_class = _make_trainer_class()
     started = time.monotonic()
@@ -259,7 +307,13 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
             "TRL did not keep the parent adapter as the reference (no `ref` adapter)"
         )
 
-    _save_adapter(peft_model, tokenizer, ctx.work_dir, ctx.output_dir)
+    if processes > 1:
+        # A collective: every rank gathers the LoRA shards, rank 0 keeps the full tensors.
+        adapter_state = gather_adapter_state(peft_model, "default", keep=is_main)
+        if is_main:
+            _save_adapter(peft_model, tokenizer, ctx.work_dir, ctx.output_dir, adapter_state)
+    else:
+        _save_adapter(peft_model, tokenizer, ctx.work_dir, ctx.output_dir)
 
     train_tokens = int(trainer._total_train_tokens)
     metrics: dict[str, float] = {}
@@ -274,6 +328,8 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
 
     eval_dropped = 0
     if ctx.eval_path is not None:
+        # Under FSDP every rank runs the same held-out batches: each forward all-gathers
+        # the layers from all ranks, so no rank may skip one.
         rows = read_rows(ctx.eval_path)
         pairs = [tokenize_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"]) for r in rows]
         kept = [p for p in pairs if p.length <= spec.dpo.max_length]
@@ -318,6 +374,12 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
         ),
         "lora_source": "parent" if parent is not None else "spec",
         "model_parameters": shape.parameters,
+        "num_processes": processes,
+        "distributed": (
+            {"strategy": strategy(device), "overrides": _json_safe(overrides)}
+            if processes > 1
+            else None
+        ),
     }
     return {
         "metrics": metrics,
