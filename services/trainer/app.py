@@ -17,8 +17,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from services.trainer.api.deps import Authorized
-from services.trainer.api.errors import install_error_handlers
-from services.trainer.api.routes import adapters, datasets, health, jobs, metrics
+from services.trainer.api.errors import document_problems, install_error_handlers
+from services.trainer.api.routes import adapters, dashboard, datasets, health, jobs, metrics
 from services.trainer.core.config import TrainerSettings
 from services.trainer.state import TrainerState
 
@@ -51,8 +51,14 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     )
     app.state.trainer = state
     install_error_handlers(app)
-    for module in (health, metrics, datasets, jobs, adapters):
+    for module in (health, metrics, datasets, jobs, adapters, dashboard):
         app.include_router(module.router)
+    default_openapi = app.openapi
+
+    def openapi_with_problems() -> dict[str, Any]:
+        return document_problems(default_openapi())  # FastAPI caches the schema; idempotent
+
+    app.openapi = openapi_with_problems  # type: ignore[method-assign]
     _add_docs(app)
     return app
 

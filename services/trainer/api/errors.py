@@ -96,6 +96,37 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(methods)
 
 
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Declare in the OpenAPI schema the problem answers every operation can give, as
+    `application/problem+json` (FastAPI would list them as `application/json`, and its
+    default 422 body is not what the handlers below send): 500 everywhere, 401 where the key
+    applies, 400 and 422 where there are inputs, 404 where the path names something."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault(
+        "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for path, item in schema.get("paths", {}).items():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            codes = {"500"} | {code for code in responses if code[:1] in ("4", "5")}
+            if operation.get("security"):
+                codes.add("401")
+            if operation.get("parameters") or operation.get("requestBody"):
+                codes |= {"400", "422"}
+            if "{" in path:
+                codes.add("404")
+            for code in codes:
+                described = responses.get(code, {}).get("description")
+                responses[code] = {
+                    "description": described or HTTPStatus(int(code)).phrase,
+                    "content": {PROBLEM_CONTENT_TYPE: {"schema": ref}},
+                }
+    return schema
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TrainerError)
     async def _trainer_error(request: Request, exc: TrainerError) -> JSONResponse:
@@ -121,6 +152,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404 and exc.detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}: see /docs for the API"
+        elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's words for a body that is not even text (bytes that are not UTF-8).
+            detail = "the body could not be read: send one JSON object, encoded as UTF-8"
         elif exc.status_code == 405:
             allowed = _allowed_methods(request)
             headers = dict(exc.headers or {}) | {"Allow": allowed}

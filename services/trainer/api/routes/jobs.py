@@ -22,6 +22,8 @@ from services.trainer.state import TrainerState
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized])
 
 EVENT_POLL_S = 0.25
+# Event seqs are SQLite INTEGERs: a larger `after` / Last-Event-ID cannot be bound to a query.
+MAX_SEQ = 2**63 - 1
 KEEPALIVE_S = 15.0
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     code: {"model": Problem} for code in (400, 401, 404, 409, 422)
@@ -117,16 +119,19 @@ async def job_events(
     request: Request,
     state: State,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Resume after this seq.")
+    ] = None,
 ) -> StreamingResponse:
     """State changes and progress as server-sent events (`event:` is the JobEvent type,
     `id:` its seq). Ends after the terminal state; resume with Last-Event-ID."""
     await anyio.to_thread.run_sync(_job_or_404, state, job_id)
     start = after or 0
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
+        text = last_event_id.strip()
+        if not (text.isascii() and text.isdigit()) or int(text) > MAX_SEQ:
             raise BadRequest("Last-Event-ID must be the integer `id` of the last event received")
-        start = int(last_event_id)
+        start = int(text)
 
     async def stream() -> AsyncIterator[str]:
         seen = start
