@@ -1,0 +1,92 @@
+"""The training benchmark (bench/train_throughput.py) runs end to end on CPU with --smoke,
+measures what it says it measures, and invents nothing without an accelerator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.train_data import (
+    SHAPES,
+    SMOKE_PROFILE,
+    LengthProfile,
+    make_pairs,
+    word_tokens,
+    write_model_dir,
+)
+from bench.train_throughput import NO_ACCELERATOR, FlopModel, main
+
+
+def test_tokenizer_turns_pair_text_back_into_the_drawn_ids(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from services.trainer.jobs.training_data import tokenize_pair
+
+    shape = SHAPES["tiny"]
+    write_model_dir(shape, tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    words = word_tokens(shape.vocab_size)
+    for pair in make_pairs(5, shape.vocab_size, SMOKE_PROFILE, seed=1):
+        row = pair.row(words)
+        tokens = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"])
+        eos = tokenizer.eos_token_id
+        assert tokens.prompt_ids == pair.prompt
+        assert tokens.chosen_ids == [*pair.chosen, eos]
+        assert tokens.rejected_ids == [*pair.rejected, eos]
+        assert tokens.tokens == pair.tokens
+
+
+def test_pair_lengths_stay_in_the_issue_ranges() -> None:
+    profile = LengthProfile()
+    pairs = make_pairs(900, SHAPES["7b"].vocab_size, profile, seed=0)
+    assert all(50 <= len(p.prompt) <= 400 for p in pairs)
+    assert all(20 <= len(p.chosen) <= 500 and 20 <= len(p.rejected) <= 500 for p in pairs)
+    assert len({len(p.prompt) for p in pairs}) > 100  # lengths vary
+    assert make_pairs(3, 1000, profile, seed=0) == make_pairs(3, 1000, profile, seed=0)
+
+
+def test_flop_model_counts_the_decoder_weights_of_the_real_model() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    shape = SHAPES["7b"]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(shape.config())
+    decoder = sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if "embed_tokens" not in name and "lm_head" not in name
+    )
+    flops = FlopModel.of(shape, r=64)
+    assert flops.decoder == decoder
+    assert flops.head == model.lm_head.weight.numel()
+
+
+def test_without_an_accelerator_it_says_so_and_prints_no_figure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == NO_ACCELERATOR
+    assert not (tmp_path / "train_throughput.json").exists()
+
+
+@pytest.mark.slow
+def test_smoke_run_measures_both_trainers_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    report = json.loads((out / "train_throughput.json").read_text())
+    shape = report["shapes"]["tiny"]
+    for name in ("plain", "project"):
+        run = shape["runs"][name]
+        assert "error" not in run, run.get("error")
+        assert run["tokens_per_second"] > 0
+        assert run["curve"], f"{name} logged no loss"
+        assert run["padding"]["train"]["tokens"] == shape["tokens"]
+    assert shape["runs"]["plain"]["config"]["gradient_checkpointing"] is True
+    assert shape["speedup"] > 0
+    assert "Speed-up project / plain" in (out / "train_throughput.md").read_text()
