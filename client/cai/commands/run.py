@@ -125,9 +125,20 @@ def run(
         bool, typer.Option("--small-test", help="Use the pipeline's small-test sizes.")
     ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    replicas: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replica",
+            envvar="CAI_GENERATOR_REPLICAS",
+            help="Another vLLM server of the same model (repeat; the variable takes URLs "
+            "separated by spaces); replaces the config's generator.replicas.",
+        ),
+    ] = None,
 ) -> None:
     """Run (or resume) the baseline and every stage of CONFIG; write the report."""
     overrides: dict[str, Any] = {}
+    if replicas:
+        overrides["generator"] = {"replicas": list(replicas)}
     if name:
         overrides["name"] = name
     if small_test:

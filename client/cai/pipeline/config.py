@@ -176,6 +176,19 @@ class RetryConfig(_Section):
     max_total_s: float = Field(
         default=180.0, gt=0.0, description="Give up on a request after this long (a restart fits)."
     )
+    trip_after: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive connection failures (refused, reset, timeout) after which an "
+        "endpoint is skipped while others are reachable; 429 and 5xx do not count (the server "
+        "answered).",
+    )
+    cooldown_s: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="Seconds a tripped endpoint is skipped; then one request probes it "
+        "(success: back in rotation, failure: skipped again).",
+    )
 
 
 class StoreConfig(_Section):

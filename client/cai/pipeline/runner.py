@@ -39,7 +39,13 @@ import yaml
 from cai.generator import GeneratorClient, GeneratorConnectionError, GeneratorError
 from cai.generator.types import Choice, CompletionResult
 from cai.pipeline import critiques, instructions, judgements, pairs, responses, revisions, rules
-from cai.pipeline.config import EndpointConfig, PipelineConfig, SamplingConfig, validate_config
+from cai.pipeline.config import (
+    EndpointConfig,
+    PipelineConfig,
+    RetryConfig,
+    SamplingConfig,
+    validate_config,
+)
 from cai.pipeline.constitution import load_constitution
 from cai.pipeline.dedupe import DuplicateIndex
 from cai.pipeline.endpoints import (
@@ -925,8 +931,13 @@ class PipelineRunner:
 
 
 @asynccontextmanager
-async def open_pool(endpoints: list[EndpointConfig]) -> AsyncIterator[EndpointPool]:
-    """GeneratorClients (their own retries off: the pool's caller retries and counts) in a pool."""
+async def open_pool(
+    endpoints: list[EndpointConfig], retry: RetryConfig | None = None
+) -> AsyncIterator[EndpointPool]:
+    """GeneratorClients (their own retries off: the pool's caller retries and counts) in a pool.
+
+    `retry` sets the pool's circuit breaker (`trip_after`, `cooldown_s`).
+    """
     async with AsyncExitStack() as stack:
         pool_endpoints = []
         for cfg in endpoints:
@@ -940,7 +951,7 @@ async def open_pool(endpoints: list[EndpointConfig]) -> AsyncIterator[EndpointPo
             )
             await stack.enter_async_context(client)
             pool_endpoints.append(Endpoint(cfg.url, client, cfg.concurrency, cfg.gpus))
-        yield EndpointPool(pool_endpoints)
+        yield EndpointPool.from_config(pool_endpoints, retry or RetryConfig())
 
 
 async def run_pipeline(
@@ -956,12 +967,14 @@ async def run_pipeline(
     """
     stats = CallStats()
     async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(open_pool(config.endpoints))
+        pool = await stack.enter_async_context(open_pool(config.endpoints, config.retry))
         generator = RetryingCaller(pool, config.retry, stats, seed=config.seed)
         judge = None
         gpus = sum(e.gpus for e in config.endpoints)
         if config.judge.endpoints:
-            judge_pool = await stack.enter_async_context(open_pool(config.judge.endpoints))
+            judge_pool = await stack.enter_async_context(
+                open_pool(config.judge.endpoints, config.retry)
+            )
             judge = RetryingCaller(judge_pool, config.retry, stats, seed=config.seed + 1)
             gpus += sum(e.gpus for e in config.judge.endpoints)
         runner = PipelineRunner(

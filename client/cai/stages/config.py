@@ -37,7 +37,18 @@ class GeneratorConfig(_Section):
         default="CAI_GENERATOR_API_KEY", description="Environment variable holding vLLM's key."
     )
     base_model: str = Field(default="tiny", description="vLLM's served name of the base model.")
-    concurrency: int = Field(default=64, ge=1, description="Requests in flight at most.")
+    concurrency: int = Field(
+        default=64, ge=1, description="Requests in flight at most, per server (url, replicas)."
+    )
+    replicas: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Base URLs of more vLLM servers with the same model, key and settings (e.g. "
+            "docker-compose.replicas.yml's generator-2). The pipeline spreads its requests over "
+            "`url` and these; adapters are published to, and sleep/wake sent to, every one. "
+            "The held-out evaluation runs on `url`."
+        ),
+    )
 
 
 class TrainerConfig(_Section):

@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,9 +92,13 @@ class StageRunner:
         gen: GeneratorClient,
         trainer: TrainerClient,
         reporter: Reporter,
+        replicas: list[GeneratorClient] | None = None,
     ) -> None:
         self.config = config
         self.gen = gen
+        # Every server of the model: the pipeline uses them all, so each must serve each
+        # adapter and sleep while a job trains. `gen` alone runs the evaluation.
+        self.gens = [gen, *(replicas or [])]
         self.trainer = trainer
         self.reporter = reporter
         self.run_dir = config.run_dir
@@ -167,10 +172,11 @@ class StageRunner:
             base_model=self.config.generator.base_model,
             endpoints=[
                 EndpointConfig(
-                    url=self.config.generator.url,
+                    url=url,
                     concurrency=self.config.generator.concurrency,
                     api_key_env=self.config.generator.api_key_env,
                 ).model_dump()
+                for url in [self.config.generator.url, *self.config.generator.replicas]
             ],
         )
         config = validate_config(data, source=f"{self.config.name} stage {number} pipeline")
@@ -199,10 +205,13 @@ class StageRunner:
     # ---- the run ------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
-        if await self.gen.is_sleeping():
-            # A run killed while its job trained leaves vLLM asleep; nothing else can run.
-            self.reporter.step(0, "resume", "waking the generator left asleep by a killed run")
-            await self.gen.wake_up()
+        for gen in self.gens:
+            if await gen.is_sleeping():
+                # A run killed while its job trained leaves vLLM asleep; nothing else can run.
+                self.reporter.step(
+                    0, "resume", f"waking the generator {gen.base_url} left asleep by a killed run"
+                )
+                await gen.wake_up()
         summaries: dict[int, EvalSummary] = {}
         summaries[0] = await self.baseline()
         self._write_manifest(summaries)
@@ -358,16 +367,18 @@ class StageRunner:
             self.reporter.step(number, "train", f"following DPO job {stage.job_id}")
         assert stage.job_id is not None
 
-        slept = False
-        if self.config.sleep_during_training:
-            await self.gen.sleep(level=1)
-            slept = True
-            self.reporter.step(number, "train", "generator asleep while the job trains")
+        slept: list[GeneratorClient] = []
         try:
+            if self.config.sleep_during_training:
+                for gen in self.gens:
+                    await gen.sleep(level=1)
+                    slept.append(gen)
+                self.reporter.step(number, "train", "generator asleep while the job trains")
             job = await self._follow(number, stage.job_id, events_path)
         finally:
+            for gen in slept:
+                await gen.wake_up()
             if slept:
-                await self.gen.wake_up()
                 self.reporter.step(number, "train", "generator awake")
         stage.job_state = job.state
         self._save()
@@ -404,34 +415,40 @@ class StageRunner:
         previous = self.state.stages[number - 2] if number > 1 else None
         if previous is None or previous.served_name is None:
             return
-        if not await self._served(previous.served_name):
-            return
-        probe = await probe_adapter(
-            self.gen, previous.served_name, self.config.generator.base_model
-        )
-        if not probe.differs:
-            raise RunError(
-                f"after waking the generator, adapter {previous.served_name!r} no longer changes "
-                "the base's outputs: restart the generator and run `cai run` again"
-            )
+        for gen in self.gens:
+            if not await _serves(gen, previous.served_name):
+                continue
+            probe = await probe_adapter(gen, previous.served_name, self.config.generator.base_model)
+            if not probe.differs:
+                raise RunError(
+                    f"after waking the generator {gen.base_url}, adapter "
+                    f"{previous.served_name!r} no longer changes the base's outputs: restart "
+                    "the generator and run `cai run` again"
+                )
 
     async def _served(self, name: str) -> bool:
-        return any(card.id == name for card in await self.gen.models())
+        """Whether every server (`url` and the replicas) serves `name`."""
+        for gen in self.gens:
+            if not await _serves(gen, name):
+                return False
+        return True
 
     async def _publish(self, number: int, stage: StageState, trainer_base: str) -> None:
         assert stage.adapter is not None and stage.job_id is not None
         started = time.monotonic()
         record = await self.trainer.get_adapter(stage.adapter)
         name = adapter_version_name(number, stage.job_id)
-        if await self._served(name):
-            # A server restarted between publish and the state save still has nothing
-            # loaded; one that serves the name already got it from this run.
+        # A server restarted between publish and the state save has nothing loaded; one that
+        # serves the name already got it from this run.
+        missing = [gen for gen in self.gens if not await _serves(gen, name)]
+        if not missing:
             stage.served_name = name
             self._save()
             return
-        published = await publish(
-            self.gen, record.path, name, base_model_name=self.config.generator.base_model
-        )
+        for gen in missing:
+            published = await publish(
+                gen, record.path, name, base_model_name=self.config.generator.base_model
+            )
         stage.adapter_path = record.path
         stage.served_name = name
         self._save()
@@ -439,8 +456,8 @@ class StageRunner:
         self.reporter.step(
             number,
             "publish",
-            f"{name} serving (rank {published.rank}, probe max |dlogp| "
-            f"{published.probe.max_abs_logprob_diff:.3f}, {published.seconds:.2f}s)",
+            f"{name} serving on {len(self.gens)} server(s) (rank {published.rank}, probe max "
+            f"|dlogp| {published.probe.max_abs_logprob_diff:.3f}, {published.seconds:.2f}s)",
         )
 
     async def _evaluate(self, number: int, stage: StageState, stage_dir: Path) -> EvalSummary:
@@ -473,6 +490,10 @@ class StageRunner:
             self._save()
             self._record_step(number, "evaluate", started)
         return summary
+
+
+async def _serves(gen: GeneratorClient, name: str) -> bool:
+    return any(card.id == name for card in await gen.models())
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -512,13 +533,17 @@ def _job_seconds(job: JobRecord) -> float | None:
 async def run_stages(config: RunConfig, reporter: Reporter | None = None) -> RunResult:
     """Run (or resume) every stage of `config`."""
     reporter = reporter or SilentReporter()
+    key = _env_key(config.generator.api_key_env)
     async with (
-        GeneratorClient(
-            config.generator.url, api_key=_env_key(config.generator.api_key_env)
-        ) as gen,
+        GeneratorClient(config.generator.url, api_key=key) as gen,
         TrainerClient(config.trainer.url, api_key=_env_key(config.trainer.api_key_env)) as trainer,
+        AsyncExitStack() as stack,
     ):
-        runner = StageRunner(config, gen, trainer, reporter)
+        replicas = [
+            await stack.enter_async_context(GeneratorClient(url, api_key=key))
+            for url in config.generator.replicas
+        ]
+        runner = StageRunner(config, gen, trainer, reporter, replicas)
         return await runner.run()
 
 
