@@ -464,7 +464,8 @@ def test_client_is_a_one_shot_run_against_both_services() -> None:
     assert env["CAI_GENERATOR_URL"] == "http://generator:8000"
     assert env["CAI_TRAINER_URL"] == "http://trainer:8100"
     assert client["command"][0] == "run"
-    assert client["command"][1] == "/configs/demo.yaml"
+    assert client["command"][1] == "/configs/gpu-box.yaml"
+    assert (ROOT / "configs" / "gpu-box.yaml").exists()
     targets = mounts(client)
     assert targets["/configs"] == ("./configs", True)
     assert targets[f"{client['working_dir']}/runs"] == ("./runs", False)

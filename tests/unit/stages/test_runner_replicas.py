@@ -170,3 +170,34 @@ def test_cai_run_takes_replicas_from_the_environment(
     assert result.exit_code == 1 and "stop here" in result.output
     assert seen[0].generator.url == "http://generator:8000"
     assert seen[0].generator.replicas == ["http://generator-2:8000", "http://generator-3:8000"]
+
+
+def test_cai_run_takes_service_urls_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compose client sets CAI_GENERATOR_URL/CAI_TRAINER_URL to the containers' names."""
+    from typer.testing import CliRunner
+
+    from cai.cli import app
+    from cai.commands import run as run_command
+
+    seen: list[RunConfig] = []
+
+    async def fake_run_stages(config: RunConfig, reporter: Any = None) -> Any:
+        seen.append(config)
+        raise stages_runner.RunError("stop here")
+
+    monkeypatch.setattr(run_command, "run_stages", fake_run_stages)
+    config = tmp_path / "run.yaml"
+    config.write_text("name: x\nstages: [{}]\n")
+    result = CliRunner().invoke(
+        app,
+        ["run", str(config), "--no-progress"],
+        env={
+            "CAI_GENERATOR_URL": "http://generator:8000",
+            "CAI_TRAINER_URL": "http://trainer:8100",
+        },
+    )
+    assert result.exit_code == 1 and "stop here" in result.output
+    assert seen[0].generator.url == "http://generator:8000"
+    assert seen[0].trainer.url == "http://trainer:8100"

@@ -1,0 +1,26 @@
+"""Every shipped run config validates (a typo in a recipe fails here, not on a GPU box)."""
+
+from pathlib import Path
+
+import pytest
+
+from cai.stages.config import load_run_config
+from cai.stages.runner import StageRunner
+from cai.stages.state import StageState
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "gpu-box.yaml"])
+def test_run_config_and_its_stage_pipelines_validate(name: str, tmp_path: Path) -> None:
+    config = load_run_config(CONFIGS / name, run_root=str(tmp_path))
+    runner = StageRunner.__new__(StageRunner)  # only the pure config methods are used
+    runner.config = config
+    for number in range(1, len(config.stages) + 1):
+        pipeline = runner.pipeline_config(number, config.generator.base_model)
+        assert pipeline.seed == config.seed + number
+        assert pipeline.endpoints[0].url == config.generator.url
+        stage = StageState(number=number, train_dataset_id="ds-1", test_dataset_id="ds-2")
+        spec = runner.dpo_spec(number, stage, parent=None, base=config.trainer.base_model)
+        assert spec.output_name.startswith(f"{config.name}-s{number}-")
+        assert spec == runner.dpo_spec(number, stage, parent=None, base=config.trainer.base_model)
