@@ -175,8 +175,31 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
+def embedded_run_dir() -> Path:
+    """Where PIDs and logs live: `.run/`, or `CAI_EMBEDDED_RUN_DIR` (tests use their own)."""
+    return Path(os.environ.get("CAI_EMBEDDED_RUN_DIR") or RUN_DIR)
+
+
 def _pid_file(name: str) -> Path:
-    return RUN_DIR / f"{name}.pid"
+    return embedded_run_dir() / f"{name}.pid"
+
+
+def restart_generator(model: str, port: int = GENERATOR_PORT) -> int:
+    """Serve `model` (a folder) under the same name and port; return the new PID.
+
+    vLLM cannot change its base model at run time: a `merge` stage of `cai run` calls this
+    to point the embedded generator at the merged model. Loaded adapters do not survive.
+    """
+    run_dir = embedded_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = _pid_file("generator")
+    if pid_file.exists():
+        stop_process(int(pid_file.read_text()))
+        pid_file.unlink()
+    proc = start_service(generator_spec(port, CAI_GENERATOR_MODEL=model), run_dir / "generator.log")
+    pid_file.write_text(str(proc.pid))
+    logger.info("generator restarted on %s (pid %d)", model, proc.pid)
+    return proc.pid
 
 
 def up() -> None:
@@ -188,8 +211,9 @@ def up() -> None:
         if pid_file.exists() and _alive(int(pid_file.read_text())):
             print(f"{spec.name}: already running (pid {pid_file.read_text().strip()})")
             continue
-        log_path = RUN_DIR / f"{spec.name}.log"
-        print(f"{spec.name}: starting, log {log_path.relative_to(ROOT)} ...", flush=True)
+        log_path = embedded_run_dir() / f"{spec.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"{spec.name}: starting, log {log_path} ...", flush=True)
         proc = start_service(spec, log_path)
         pid_file.write_text(str(proc.pid))
         print(f"{spec.name}: healthy at {spec.health_url.removesuffix('/health')} (pid {proc.pid})")

@@ -40,6 +40,14 @@ class GeneratorConfig(_Section):
     concurrency: int = Field(
         default=64, ge=1, description="Requests in flight at most, per server (url, replicas)."
     )
+    embedded: bool = Field(
+        default=False,
+        description=(
+            "The generator is the embedded one (`make serve`, services/embedded.py). vLLM cannot "
+            "swap its base model at run time, so for `chain: merge` `cai run` restarts it on the "
+            "merged model itself; otherwise it stops and says how to restart it."
+        ),
+    )
     replicas: list[str] = Field(
         default_factory=list,
         description=(

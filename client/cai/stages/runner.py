@@ -17,17 +17,19 @@ evaluation resume record by record on their own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from cai.evaluation.evaluate import evaluate_stage
 from cai.evaluation.records import EvalSummary
@@ -253,16 +255,19 @@ class StageRunner:
         stage_dir = self._stage_dir(number)
 
         if not stage.generated:
+            # Stage N-1's adapter was trained on the latest merged model: vLLM must serve it.
+            await self._ensure_generator_base(self._merged_base(number - 1))
             await self._generate(number, stage, generating_model, stage_dir)
         if stage.train_dataset_id is None:
             await self._upload(number, stage, stage_dir)
 
-        trainer_base = self.config.trainer.base_model
         parent: str | None = None
         if previous is not None and chain == "continue":
             parent = previous.adapter
         elif previous is not None and chain == "merge":
-            trainer_base = await self._merge(number, stage, previous)
+            await self._merge(number, stage, previous)
+        trainer_base = self._merged_base(number) or self.config.trainer.base_model
+        await self._ensure_generator_base(self._merged_base(number))
 
         if stage.job_state != JobState.succeeded:
             await self._train(number, stage, parent, trainer_base)
@@ -323,31 +328,71 @@ class StageRunner:
             number, "upload", f"train {stage.train_dataset_id}, test {stage.test_dataset_id}"
         )
 
-    async def _merge(self, number: int, stage: StageState, previous: StageState) -> str:
+    def _merged_base(self, number: int) -> str | None:
+        """The trainer's name of the newest merged model among stages 1..number, if any."""
+        merged = None
+        for stage in self.state.stages[:number]:
+            if stage.merged_model is not None:
+                merged = stage.merged_model
+        return merged
+
+    async def _merge(self, number: int, stage: StageState, previous: StageState) -> None:
+        """Merge stage N-1's adapter into its base (a trainer merge job)."""
         if stage.merged_model is not None:
-            return stage.merged_model
+            return
         if previous.adapter is None:
             raise RunError(f"stage {number}: chain merge needs stage {number - 1}'s adapter")
         started = time.monotonic()
-        spec = MergeJobSpec(
-            adapter=previous.adapter,
-            output_name=f"{previous.adapter}-merged",
-        )
+        spec = MergeJobSpec(adapter=previous.adapter, output_name=f"{previous.adapter}-merged")
         key = f"cai-run/{self.config.name}/stage{number}/merge/{_digest(spec.model_dump())[:16]}"
         job = await self.trainer.submit_job(spec, idempotency_key=key)
         stage.merge_job_id = job.id
         self._save()
-        self.reporter.step(number, "merge", f"merge job {job.id}: {previous.adapter} into base")
-        job = await self.trainer.wait_for_job(job.id)
+        self.reporter.step(number, "merge", f"merge job {job.id}: {previous.adapter} into its base")
+        async with self._asleep(number, "merge"):
+            job = await self.trainer.wait_for_job(job.id)
         stage.merged_model = spec.output_name
         self._save()
         self._record_step(number, "merge", started)
-        raise RunError(
-            f"stage {number}: merged {previous.adapter} into model {spec.output_name!r} "
-            f"(trainer job {job.id}). Serving the next adapter needs the generator restarted "
-            f"on that model: start vLLM with CAI_GENERATOR_MODEL=<trainer data>/models/"
-            f"{spec.output_name}, then run `cai run` again to continue"
-        )
+
+    async def _ensure_generator_base(self, merged: str | None) -> None:
+        """Make vLLM's base the merged model `merged` (None: the run's own base, unchecked)."""
+        if merged is None:
+            return
+        record = await self.trainer.get_adapter(merged)
+        served = {card.id: card for card in await self.gen.models()}
+        base = served.get(self.config.generator.base_model)
+        if base is not None and base.root and _same_path(base.root, record.path):
+            return
+        if not self.config.generator.embedded:
+            raise RunError(
+                f"the next adapters are trained on merged model {merged!r}, but the generator at "
+                f"{self.config.generator.url} does not serve it. Restart vLLM on {record.path} "
+                f"under the name {self.config.generator.base_model!r} (CAI_GENERATOR_MODEL), then "
+                "run `cai run` again to continue"
+            )
+        from services.embedded import restart_generator  # the embedded default only
+
+        port = urlsplit(self.config.generator.url).port or 8000
+        self.reporter.step(0, "merge", f"restarting the embedded generator on {record.path}")
+        await asyncio.to_thread(restart_generator, record.path, port)
+
+    @asynccontextmanager
+    async def _asleep(self, number: int, step: str) -> AsyncIterator[bool]:
+        """vLLM (every replica) asleep while a job holds the GPU, awake again whatever happens."""
+        slept: list[GeneratorClient] = []
+        try:
+            if self.config.sleep_during_training:
+                for gen in self.gens:
+                    await gen.sleep(level=1)
+                    slept.append(gen)
+                self.reporter.step(number, step, "generator asleep while the job runs")
+            yield bool(slept)
+        finally:
+            for gen in slept:
+                await gen.wake_up()
+            if slept:
+                self.reporter.step(number, step, "generator awake")
 
     async def _train(
         self, number: int, stage: StageState, parent: str | None, trainer_base: str
@@ -367,19 +412,8 @@ class StageRunner:
             self.reporter.step(number, "train", f"following DPO job {stage.job_id}")
         assert stage.job_id is not None
 
-        slept: list[GeneratorClient] = []
-        try:
-            if self.config.sleep_during_training:
-                for gen in self.gens:
-                    await gen.sleep(level=1)
-                    slept.append(gen)
-                self.reporter.step(number, "train", "generator asleep while the job trains")
+        async with self._asleep(number, "train") as slept:
             job = await self._follow(number, stage.job_id, events_path)
-        finally:
-            for gen in slept:
-                await gen.wake_up()
-            if slept:
-                self.reporter.step(number, "train", "generator awake")
         stage.job_state = job.state
         self._save()
         if job.state != JobState.succeeded:
@@ -500,6 +534,10 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     from cai.stages.config import deep_merge
 
     return deep_merge(base, override)
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _digest(data: object) -> str:
