@@ -41,7 +41,7 @@ lint: $(VENV_OK)
 	.venv/bin/ruff format --check .
 
 typecheck: $(VENV_OK)
-	.venv/bin/mypy protocol services client/cai
+	.venv/bin/mypy protocol services client/cai bench
 
 test: install tiny-model browser lint typecheck
 	.venv/bin/pytest tests

@@ -253,8 +253,8 @@ async def run_obvious(
             concurrency, [partial(ask, query, seed) for _, _, query, seed in queries]
         )
         grouped: dict[tuple[int, str], list[JudgeQuery]] = {}
-        for (index, which, _, _), answer in zip(queries, answered, strict=True):
-            grouped.setdefault((index, which), []).append(answer)
+        for (index, which, _, _), judged in zip(queries, answered, strict=True):
+            grouped.setdefault((index, which), []).append(judged)
         verdict_rows, pair_rows = [], []
         for index, ((iid, kind, text), (response, r_finish), (revision, v_finish)) in enumerate(
             zip(instructions, original, revised, strict=True)

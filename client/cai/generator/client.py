@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from pydantic import ValidationError
@@ -99,7 +99,7 @@ class GeneratorClient:
             transport=transport,
         )
 
-    async def __aenter__(self) -> GeneratorClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -90,7 +90,7 @@ class TrainerClient:
             transport=transport,
         )
 
-    async def __aenter__(self) -> TrainerClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
