@@ -45,6 +45,7 @@ from cai.pipeline.config import EndpointConfig, PipelineConfig
 from cai.pipeline.endpoints import CallStats, Endpoint, EndpointPool, RetryingCaller
 from cai.pipeline.records import INSTRUCTION_TYPES
 from cai.pipeline.runner import PipelineRunner
+from cai.pipeline.transport import KeepAliveTransport
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ async def run_runner(
     run_dir: Path,
     *,
     shards: int = 1,
-    transport: str = "httpx",
+    transport: str = "keepalive",
     profile: cProfile.Profile | None = None,
 ) -> dict[str, Any]:
     """The project's runner, built as `run_pipeline` builds it, with the endpoint timed.
@@ -238,6 +239,9 @@ async def run_runner(
 
 
 def _transport(kind: str, connections: int) -> Any:
+    if kind == "keepalive":
+        # What `run_pipeline` gives every endpoint (cai.pipeline.runner.open_pool).
+        return KeepAliveTransport(max_connections=connections)
     if kind == "httpx":
         return None  # GeneratorClient's default: httpx over httpcore
     if kind == "aiohttp":
@@ -246,7 +250,7 @@ def _transport(kind: str, connections: int) -> Any:
 
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         return AiohttpTransport(limits=limits)
-    raise ValueError(f"unknown transport {kind!r}: httpx or aiohttp")
+    raise ValueError(f"unknown transport {kind!r}: keepalive, httpx or aiohttp")
 
 
 def profile_summary(profile: cProfile.Profile, top: int = 25) -> str:
@@ -451,7 +455,7 @@ def _measure_runner(
     run_dir: Path,
     *,
     shards: int = 1,
-    transport: str = "httpx",
+    transport: str = "keepalive",
     profile: Any = None,
 ) -> dict[str, Any]:
     stub.reset_stats()

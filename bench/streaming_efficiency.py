@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
             config = runner_config(
                 stub.base_url, work / "instructions.jsonl", concurrency=args.concurrency
             )
-            variants = [("runner", "httpx")] + (
+            variants = [("runner", "keepalive")] + (
                 [("runner_aiohttp", "aiohttp")] if args.aiohttp else []
             )
             for key, transport in variants:

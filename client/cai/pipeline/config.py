@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
+from cai.yamlfile import read_mapping, validate
 
 
 class ConfigError(ValueError):
@@ -267,27 +267,13 @@ class PipelineConfig(_Section):
 
 
 def load_config(path: str | Path, **overrides: Any) -> PipelineConfig:
-    file = Path(path)
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read pipeline config {file}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"pipeline config {file} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"pipeline config {file} must be a mapping of fields")
+    data = read_mapping(path, "pipeline config", ConfigError)
     data.update(overrides)
-    return validate_config(data, source=str(file))
+    return validate_config(data, source=str(path))
 
 
 def validate_config(data: dict[str, Any], *, source: str = "config") -> PipelineConfig:
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from exc
+    return validate(PipelineConfig, data, source, ConfigError)
 
 
 def small_test_overlay(config: PipelineConfig) -> PipelineConfig:

@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.evaluation.evaluate import EvalSettings
+from cai.yamlfile import read_mapping, validate
 from protocol.names import SafeName
 
 
@@ -160,21 +160,5 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def load_run_config(path: str | Path, **overrides: Any) -> RunConfig:
-    file = Path(path)
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise RunConfigError(f"cannot read run config {file}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise RunConfigError(f"run config {file} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RunConfigError(f"run config {file} must be a mapping of fields")
-    data = deep_merge(data, overrides)
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise RunConfigError(f"{file}: {problems}") from exc
+    data = deep_merge(read_mapping(path, "run config", RunConfigError), overrides)
+    return validate(RunConfig, data, str(path), RunConfigError)
