@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -26,12 +25,12 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 
+from cai.report import browser as browser_driver
 from protocol.jobs import DpoJobSpec, JobProgress
 from services.trainer.api.deps import SESSION_COOKIE
 from services.trainer.jobs.context import JobContext
@@ -88,22 +87,11 @@ def gated_body(spec: Any, ctx: JobContext) -> dict[str, Any]:
 # -- the browser ------------------------------------------------------------------------------
 
 
-def _screenshot_module() -> ModuleType:
-    """scripts/screenshot_report.py holds the DevTools pipe this test drives Chromium with."""
-    spec = importlib.util.spec_from_file_location(
-        "screenshot_report", ROOT / "scripts" / "screenshot_report.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class Browser:
     """One headless Chromium page over the DevTools pipe: navigate, evaluate, wait, capture."""
 
     def __init__(self, binary: str, profile: Path, width: int = 1440, height: int = 900) -> None:
-        shot = _screenshot_module()
+        shot = browser_driver
         self.width = width
         cmd_read, cmd_write = os.pipe()
         out_read, out_write = os.pipe()
@@ -120,12 +108,12 @@ class Browser:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             pass_fds=(3, 4),
-            preexec_fn=lambda: shot._wire_fds(cmd_read, out_write),
+            preexec_fn=lambda: shot.wire_fds(cmd_read, out_write),
         )
         os.close(cmd_read)
         os.close(out_write)
         self._fds = (cmd_write, out_read)
-        self.pipe = shot._Pipe(self.process, cmd_write, out_read)
+        self.pipe = shot.DevToolsPipe(self.process, cmd_write, out_read)
         targets = self.pipe.call("Target.getTargets")["targetInfos"]
         page = next(t for t in targets if t.get("type") == "page")
         self.session = self.pipe.call(

@@ -20,20 +20,12 @@ from pathlib import Path
 import pytest
 
 from cai.report import build_report
+from cai.report.browser import BASE_FLAGS
 from tests.unit.report.synthetic_run import make_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "screenshot_report.py"
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
+FLAGS = BASE_FLAGS
 EXPECTED_CHARTS = {
     "chart-eval-rules": "Rule success by instruction type",
     "chart-eval-judge": "Judge success by instruction type",

@@ -192,9 +192,10 @@ def test_32b_in_bf16_fits_two_80gb_cards_by_the_memory_plan() -> None:
             longest_pair_tokens=1024,
             r=64,
             dtype="bfloat16",
+            use_liger_kernel=True,
         )
 
-    assert "estimated capacity 0" in plan(QWEN_32B).reason  # one card: not even one pair
+    assert plan(QWEN_32B).gradient_checkpointing  # one card: only with checkpointing
     sharded = plan(sharded_shape(QWEN_32B, 2))
     assert "estimated capacity 0" not in sharded.reason
     assert sharded.estimated_peak_bytes is not None and sharded.estimated_peak_bytes < 79 * GIB

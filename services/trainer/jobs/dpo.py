@@ -13,7 +13,8 @@ training_config.py / training_data.py, recorded in the result's `config`):
 bf16 on GPU, fp32 on CPU; micro-batch and activation checkpointing from free GPU memory
 (checkpointing only when a pair does not fit without it); precomputed reference log-probs
 (the spec's default) with a bigger pre-pass batch; length-grouped micro-batches (TRL 1.16 has
-no padding-free DPO); Liger kernels where importable on CUDA; sdpa attention.
+no padding-free DPO); Liger kernels where importable on CUDA; sdpa attention without cuDNN's
+kernels on CUDA; PEFT's per-layer input cast to fp32 switched off.
 
 Writes the adapter (adapter_config.json, adapter_model.safetensors, tokenizer files) into
 `ctx.output_dir` and nothing else; TRL's scratch goes to `ctx.work_dir`.
@@ -77,6 +78,7 @@ from services.trainer.jobs.training_device import (
     probe_free_gpu_bytes,
     resolve_device,
     training_dtype,
+    use_cudnn_attention,
     use_liger_kernel,
 )
 
@@ -139,6 +141,28 @@ def _make_trainer_class() -> Any:
             )
 
     return LengthGroupedDPOTrainer
+
+
+def disable_lora_input_cast(model: Any) -> int:
+    """Turn off PEFT's cast of every LoRA layer's input to the adapter's dtype; returns how
+    many layers had it.
+
+    The LoRA weights are fp32 (master weights for Adam), so PEFT 0.21 casts each adapted
+    projection's bf16 input to fp32 (`_cast_input_dtype`), and bf16 autocast casts it back
+    for the matmul: two copies of each of the seven projections' inputs, forward and
+    backward, and the fp32 copy is kept for backward. Measured on an H100 at the 7B shape:
+    `aten::copy_` was 18% of GPU time, and the job's peak fell from 70.1 to 62.3 GB without
+    it (docs/benchmarks.md, section 3). Under autocast the matmul runs in bf16 either way;
+    the fp32 weights and fp32 Adam states stay. In fp32 (CPU) the cast is a no-op anyway.
+    `cast_input_dtype_enabled` is PEFT's own switch (peft.helpers.disable_input_dtype_casting
+    sets it too, as a context manager; the job needs it for the whole of training).
+    """
+    switched = 0
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+            switched += 1
+    return switched
 
 
 @contextlib.contextmanager
@@ -236,6 +260,7 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
 
     model_config = AutoConfig.from_pretrained(ctx.base_model_path)
     shape = ModelShape.from_config(model_config, count_parameters(model_config))
+    liger = use_liger_kernel(device, liger_importable())
     free_bytes = probe_free_gpu_bytes() if device == "cuda" else None
     if processes > 1:
         free_bytes = min_across_ranks(free_bytes)
@@ -249,16 +274,21 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
         load_in_4bit=spec.load_in_4bit,
         requested_micro_batch=spec.dpo.per_device_train_batch_size,
         requested_checkpointing=spec.dpo.gradient_checkpointing,
+        use_liger_kernel=liger,
     )
     choices = SpeedChoices(
         device=device,
         dtype=dtype,
         plan=plan,
-        use_liger_kernel=use_liger_kernel(device, liger_importable()),
+        use_liger_kernel=liger,
         attn_implementation=ATTN_IMPLEMENTATION,
         length_grouped_batches=True,
+        cudnn_attention=use_cudnn_attention(device),
     )
     log.info("speed choices: %s", choices.as_dict())
+    if device == "cuda" and not choices.cudnn_attention:
+        # Process-wide, and the job has its own process. Why: training_device.use_cudnn_attention.
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
     dpo_kwargs = dpo_config_kwargs(spec, choices, ctx.work_dir)
     overrides = distributed_overrides(processes, device, dpo_kwargs)
@@ -293,6 +323,10 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
             peft_config=peft_config,
             callbacks=[progress],
         )
+    # After construction: TRL wraps the model in PEFT there (and the reference pre-pass runs
+    # with the adapter disabled, where the cast does not happen). Why: disable_lora_input_cast.
+    cast_switched = disable_lora_input_cast(trainer.model)
+    log.info("LoRA input cast to fp32 switched off in %d layers", cast_switched)
     # disable_tqdm makes the Trainer print every log dict to stdout; ProgressCallback logs
     # and reports the same numbers.
     trainer.remove_callback(PrinterCallback)
@@ -373,6 +407,7 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
             else {"kind": "base", "path": ctx.base_model_path}
         ),
         "lora_source": "parent" if parent is not None else "spec",
+        "lora_input_cast_disabled_layers": cast_switched,
         "model_parameters": shape.parameters,
         "num_processes": processes,
         "distributed": (

@@ -55,6 +55,9 @@ class SpeedChoices:
     use_liger_kernel: bool
     attn_implementation: str
     length_grouped_batches: bool
+    # sdpa's cuDNN backend (off on CUDA: it re-plans for every new sequence length; see
+    # training_device.use_cudnn_attention). Never used on CPU.
+    cudnn_attention: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,7 @@ class SpeedChoices:
             "use_liger_kernel": self.use_liger_kernel,
             "attn_implementation": self.attn_implementation,
             "length_grouped_batches": self.length_grouped_batches,
+            "cudnn_attention": self.cudnn_attention,
             # TRL 1.16 disables padding_free for DPO ("temporarily unavailable after a
             # refactor": it warns and pads). Length-grouped batches recover most of what it
             # would save: rows of similar length share a batch, so little padding is left.

@@ -7,7 +7,11 @@ passes the numbers on.
 
 The activation model is calibrated on measurements at the Qwen2.5-7B shape on one H100
 (/work/shared/notes/trl-peft.md: batch 8, 2 x 512 tokens a pair, no checkpointing, precomputed
-reference log-probs: 58 GB peak with 15 GB of bf16 weights, i.e. ~5.2 MB of activations a token).
+reference log-probs: 58 GB peak with 15 GB of bf16 weights, i.e. ~5.2 MB of activations a token),
+with Liger's kernels on; without them the same run peaked at 69 GB (`_NO_LIGER_ACTIVATION_FACTOR`).
+With activation checkpointing the plan counts only the layer inputs kept for backward and
+leaves a fixed margin below the free memory (`_CHECKPOINTED_MARGIN_BYTES`), calibrated on the
+32B shape (docs/benchmarks.md, section 3).
 """
 
 from __future__ import annotations
@@ -35,6 +39,23 @@ _ACT_INTERMEDIATE_TENSORS = 3
 _FIXED_OVERHEAD_BYTES = int(1.5 * GIB)
 # Share of the free memory a plan may use: the rest absorbs estimate error and length outliers.
 _MEMORY_SHARE = 0.88
+# Without Liger's fused RMSNorm/SwiGLU/RoPE kernels the unfused ops keep more for backward
+# (RMSNorm's fp32 upcast, SwiGLU's intermediates). Measured at the 7B shape, batch 8 of
+# 2 x 512 tokens, no checkpointing (notes/trl-peft.md): 69 GB peak without Liger, 58 GB with:
+# 11 GB / 8,192 tokens = 1.34 MB a token more, 26% over the 5.2 MB a token modelled with it.
+# Before this factor the plan assumed Liger always: with Liger off it chose 7 pairs a step at
+# 7B and ran out of memory on step 1 (docs/benchmarks.md, section 3).
+_NO_LIGER_ACTIVATION_FACTOR = 1.26
+# With checkpointing the fixed cost (weights, LoRA state) is most of the card at 32B, and
+# 12% of the free memory held back (`_MEMORY_SHARE`) left no room: the plan fell back to one
+# pair a step (450 tokens/s on an H100). Checkpointed plans instead keep this fixed margin
+# below the free memory, for the one layer recomputed at a time, CUDA workspaces and the
+# allocator's fragmentation. Measured at 32B on an H100 (84.5 GB free, longest pair 734
+# tokens): 4 pairs with checkpointing peaked at 77.9 GB allocated / 79.1 GB reserved
+# (1,182 tokens/s against plain TRL's 618 on the same card); this model estimates 78.0 GB.
+_CHECKPOINTED_MARGIN_BYTES = 5 * 10**9
+# The largest micro-batch the margin-based checkpointed plan picks: the one measured (above).
+MAX_CHECKPOINTED_MICRO_BATCH = 4
 # Above this many pairs a micro-batch, a bigger one buys no GPU utilisation and only
 # shrinks the number of optimiser steps an epoch has.
 MAX_AUTO_MICRO_BATCH = 16
@@ -148,19 +169,35 @@ def weight_bytes(shape: ModelShape, dtype: str, load_in_4bit: bool) -> int:
 
 
 def activation_bytes_per_token(
-    shape: ModelShape, r: int, dtype: str, gradient_checkpointing: bool
+    shape: ModelShape,
+    r: int,
+    dtype: str,
+    gradient_checkpointing: bool,
+    use_liger_kernel: bool = True,
 ) -> int:
-    """Bytes kept for backward a token. Without checkpointing every layer keeps its tensors;
-    with it only each layer's input is kept and one layer is recomputed at a time."""
+    """Bytes kept for backward a token. Without checkpointing every layer keeps its tensors
+    (more without Liger's fused kernels); with it only each layer's input is kept and one
+    layer is recomputed at a time."""
     element = 4 if dtype == "float32" else 2
-    per_layer = (
-        _ACT_HIDDEN_TENSORS * shape.hidden_size
-        + _ACT_INTERMEDIATE_TENSORS * shape.intermediate_size
-        + _PROJECTIONS_PER_LAYER * r
-    ) * element
+    factor = 1.0 if use_liger_kernel else _NO_LIGER_ACTIVATION_FACTOR
+    per_layer = int(
+        (
+            _ACT_HIDDEN_TENSORS * shape.hidden_size
+            + _ACT_INTERMEDIATE_TENSORS * shape.intermediate_size
+            + _PROJECTIONS_PER_LAYER * r
+        )
+        * element
+        * factor
+    )
     if gradient_checkpointing:
-        return shape.num_layers * shape.hidden_size * element + per_layer
+        return layer_input_bytes_per_token(shape, dtype) + per_layer
     return shape.num_layers * per_layer
+
+
+def layer_input_bytes_per_token(shape: ModelShape, dtype: str) -> int:
+    """What checkpointing keeps a token: each layer's input. The margin-based checkpointed
+    plan counts only this (the recomputed layer lives in `_CHECKPOINTED_MARGIN_BYTES`)."""
+    return shape.num_layers * shape.hidden_size * (4 if dtype == "float32" else 2)
 
 
 def plan_memory(
@@ -171,6 +208,7 @@ def plan_memory(
     longest_pair_tokens: int,
     r: int,
     dtype: str,
+    use_liger_kernel: bool,
     load_in_4bit: bool = False,
     requested_micro_batch: int | None = None,
     requested_checkpointing: bool | None = None,
@@ -180,7 +218,9 @@ def plan_memory(
     `longest_pair_tokens` is the longest prompt+completion of the dataset (chosen and
     rejected each count it: the collator pads both halves of the batch to the longest one).
     Checkpointing costs a second forward (~33% more compute), so it is used only when
-    not even a micro-batch of one fits without it. A user's explicit choices win.
+    not even a micro-batch of one fits without it. `use_liger_kernel` is what the job will
+    really run with (no default: a plan that assumed Liger ran out of memory without it).
+    A user's explicit choices win.
     """
     if device != "cuda" or free_bytes is None:
         # CPU: memory is plentiful and compute is the limit; 2 pairs keeps steps short and
@@ -193,17 +233,31 @@ def plan_memory(
             reason="cpu: fixed micro-batch, no checkpointing",
         )
 
-    fixed = (
-        weight_bytes(shape, dtype, load_in_4bit)
-        + lora_parameter_count(shape, r) * _TRAINABLE_STATE_BYTES
-        + _FIXED_OVERHEAD_BYTES
+    state = weight_bytes(shape, dtype, load_in_4bit) + (
+        lora_parameter_count(shape, r) * _TRAINABLE_STATE_BYTES
     )
+    fixed = state + _FIXED_OVERHEAD_BYTES
     budget = int(free_bytes * _MEMORY_SHARE) - fixed
     tokens_per_pair = 2 * max(1, longest_pair_tokens)
 
+    def per_pair(checkpointing: bool) -> int:
+        return tokens_per_pair * activation_bytes_per_token(
+            shape, r, dtype, checkpointing, use_liger_kernel
+        )
+
     def fits(checkpointing: bool) -> int:
-        per_pair = tokens_per_pair * activation_bytes_per_token(shape, r, dtype, checkpointing)
-        return max(0, budget // per_pair) if budget > 0 else 0
+        return max(0, budget // per_pair(checkpointing)) if budget > 0 else 0
+
+    # Checkpointed, against the free memory minus a fixed margin (see
+    # _CHECKPOINTED_MARGIN_BYTES): used where it allows more than the share-based plan,
+    # i.e. where weights and LoRA state take most of the card (32B on one 80 GB card).
+    margin_per_pair = tokens_per_pair * layer_input_bytes_per_token(shape, dtype)
+    margin_budget = free_bytes - _CHECKPOINTED_MARGIN_BYTES - state
+    margin_capacity = (
+        min(MAX_CHECKPOINTED_MICRO_BATCH, margin_budget // margin_per_pair)
+        if margin_budget > 0
+        else 0
+    )
 
     if requested_checkpointing is None:
         checkpointing = fits(False) < 1
@@ -215,8 +269,18 @@ def plan_memory(
     else:
         checkpointing = requested_checkpointing
         why = f"checkpointing {'on' if checkpointing else 'off'} as requested"
+    if not use_liger_kernel:
+        why += "; activations sized for unfused kernels (no Liger)"
 
     capacity = fits(checkpointing)
+    peak_fixed, peak_per_pair = fixed, per_pair(checkpointing)
+    if checkpointing and margin_capacity > capacity:
+        capacity = margin_capacity
+        peak_fixed, peak_per_pair = state, margin_per_pair
+        why += (
+            f"; planned against free memory minus a {_CHECKPOINTED_MARGIN_BYTES / 1e9:.0f} GB"
+            f" margin (up to {MAX_CHECKPOINTED_MICRO_BATCH} pairs)"
+        )
     if requested_micro_batch is not None:
         micro = requested_micro_batch
         why += f"; micro-batch {micro} as requested (estimated capacity {capacity})"
@@ -225,7 +289,6 @@ def plan_memory(
         why += f"; micro-batch {micro} (estimated capacity {capacity}, cap {MAX_AUTO_MICRO_BATCH})"
         if capacity < 1:
             logger.warning("the memory estimate says even one pair may not fit: %s", why)
-    per_pair = tokens_per_pair * activation_bytes_per_token(shape, r, dtype, checkpointing)
     # The reference pre-pass runs without gradients: only one layer's activations live at a
     # time, so it takes bigger batches for free (fewer, fuller kernels).
     precompute = min(4 * micro, 64)
@@ -235,8 +298,19 @@ def plan_memory(
         precompute_ref_batch_size=precompute,
         reason=why,
         free_bytes=free_bytes,
-        estimated_peak_bytes=fixed + micro * per_pair,
+        estimated_peak_bytes=peak_fixed + micro * peak_per_pair,
     )
+
+
+def use_cudnn_attention(device: str) -> bool:
+    """Whether sdpa may pick cuDNN's attention kernels. Off on CUDA: with length-grouped
+    batches every step brings new sequence lengths, and cuDNN builds a new execution plan
+    for each (~2.7 ms of CPU a call, every layer, forward and backward; the 7B job's GPU sat
+    40% idle waiting for it on an H100). PyTorch then picks the flash / memory-efficient
+    kernels, which need no plan. Together with the LoRA input cast switched off
+    (dpo.disable_lora_input_cast) the 7B epoch went from 127.7 s to 99.0 s (1.93x -> 2.54x
+    plain TRL, docs/benchmarks.md section 3). CPU: cuDNN is not involved."""
+    return False
 
 
 def probe_free_gpu_bytes() -> int | None:
