@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "client-overhead": "bench.client_overhead",
     "streaming-efficiency": "bench.streaming_efficiency",
     "hot-swap": "bench.hot_swap",
+    "projection": "bench.projection",
 }
 # Registered but left out of `python -m bench` (and `make bench`) without a name: diagnostics.
-DIAGNOSTICS: frozenset[str] = frozenset({"train-profile"})
+DIAGNOSTICS: frozenset[str] = frozenset({"train-profile", "projection"})

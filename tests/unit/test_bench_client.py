@@ -12,6 +12,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import BENCHMARKS, client_overhead, streaming_efficiency
 from bench.client_overhead import COMPLETIONS_PER_INSTRUCTION, make_instructions
 from bench.obvious_chain import run_obvious
@@ -88,3 +90,39 @@ def test_the_hot_swap_adapter_is_laid_out_like_a_trainer_job_output(
     assert info.rank == 8
     assert info.weights_file == "adapter_model.safetensors"
     assert (adapter / "tokenizer_config.json").exists()
+
+
+def test_projection_scales_a_measured_run_to_the_asked_size(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import projection
+
+    run = tmp_path / "run"
+    run.mkdir()
+    manifest = {
+        "counts": {"instructions": {"ok": 4}},
+        "tokens": {"responses": {"prompt_tokens": 400, "completion_tokens": 40}},
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "train.jsonl").write_text(
+        json.dumps({"prompt": "Q:", "chosen": " yes", "rejected": " no"}) + "\n"
+    )
+    code = projection.main(
+        [
+            "--run",
+            str(run),
+            "--instructions",
+            "40",
+            "--gen-tokens-per-s",
+            "100",
+            "--train-tokens-per-s",
+            "10",
+            "--tokenizer",
+            str(tiny_model),
+        ]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["scale"] == 10.0
+    assert result["generation"]["tokens"] == 4400.0
+    assert result["generation"]["hours"] == 4400.0 / 100 / 3600
+    assert result["training"]["tokens"] > 0
