@@ -58,6 +58,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--instructions", type=int, default=1200)
     parser.add_argument("--median-s", type=float, default=0.25, help="median delay at scale")
     parser.add_argument("--sigma", type=float, default=1.0, help="log-normal shape (tail)")
+    parser.add_argument(
+        "--cap",
+        type=float,
+        default=None,
+        help="bound each delay at CAP x the median (a generation stops at max_tokens); "
+        "default: unbounded",
+    )
     parser.add_argument("--scale-tokens", type=int, default=384, help="max_tokens of the median")
     parser.add_argument("--max-in-service", type=int, default=64, help="the stub's batch")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight, both ways")
@@ -78,7 +85,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     quiet_http_logs()
     work = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
-    delay = f"lognormal:{args.median_s}:{args.sigma}"
+    delay = f"lognormal:{args.median_s}:{args.sigma}" + (f":{args.cap}" if args.cap else "")
     result: dict[str, Any] = {
         "benchmark": "streaming-efficiency",
         "command": "python -m bench streaming-efficiency " + " ".join(argv),

@@ -194,8 +194,12 @@ class Stub:
         if kind == "const":
             base = float(rest)
         elif kind == "lognormal":
-            median, sigma = (float(x) for x in rest.split(":"))
+            # lognormal:MEDIAN:SIGMA[:CAP]: CAP bounds a delay at CAP x MEDIAN, as max_tokens
+            # bounds a real generation (a server cannot write past it).
+            median, sigma, *cap = (float(x) for x in rest.split(":"))
             base = median * math.exp(sigma * self.delay_rng.gauss(0.0, 1.0))
+            if cap:
+                base = min(base, cap[0] * median)
         else:
             raise SystemExit(f"unknown --delay {self.args.delay!r}")
         if self.args.delay_scale_tokens:
@@ -423,7 +427,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--models", default="tiny", help="comma-separated served names")
-    parser.add_argument("--delay", default="none", help="none | const:S | lognormal:MEDIAN_S:SIGMA")
+    parser.add_argument(
+        "--delay", default="none", help="none | const:S | lognormal:MEDIAN_S:SIGMA[:CAP]"
+    )
     parser.add_argument("--delay-scale-tokens", type=int, default=0)
     parser.add_argument("--delay-seed", type=int, default=0)
     parser.add_argument("--max-in-service", type=int, default=0, help="0: unlimited")
