@@ -27,12 +27,19 @@ adapter registry. Errors are `application/problem+json`. When the trainer has an
 every route but `/health` needs `Authorization: Bearer <key>`."""
 
 
+WORKER_THREADS = 200
+
+
 def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     settings = settings or TrainerSettings()
     state = TrainerState.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Sync routes run on anyio's worker threads (40 by default). A burst of submissions,
+        # each waiting its turn for SQLite's write lock, would hold them all and leave status
+        # polls queueing for a thread; reads need no lock in WAL mode, so give them threads.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
         await anyio.to_thread.run_sync(state.runner.start)
         try:
             yield

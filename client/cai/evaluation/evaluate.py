@@ -116,50 +116,19 @@ async def _ask_judge(
     top_logprobs: int,
     seed: int,
 ) -> JudgeQuery:
-    """One A/B question: the labels' log-probs from the next token's top-k, else scored.
-
-    Mirrors the pipeline's judge (`judge.method: auto`) with its pure helpers; a label missing
-    from the top-k is scored exactly by echoing prompt + label.
-    """
-    result = await judge.complete(
-        [query.prompt],
-        model=model,
-        max_tokens=1,
-        temperature=0.0,
-        logprobs=top_logprobs,
-        seed=seed,
-    )
-    choice = result.choices[0][0]
-    top = (
-        choice.logprobs.top_logprobs[0]
-        if choice.logprobs and choice.logprobs.top_logprobs
-        else None
-    ) or {}
-    lp_a, lp_b = judgements.read_label(top, labels[0]), judgements.read_label(top, labels[1])
-    if lp_a is not None and lp_b is not None:
-        return JudgeQuery(
-            good_label=query.good_label, logprob_a=lp_a, logprob_b=lp_b, method="top_logprobs"
+    """One A/B question, read exactly as the pipeline's judge reads it (`method: auto`)."""
+    try:
+        return await judgements.ask(
+            judge.complete,
+            query,
+            model=model,
+            labels=labels,
+            method="auto",
+            top_logprobs=top_logprobs,
+            seed=seed,
         )
-    scored = await judge.complete(
-        [query.prompt + labels[0], query.prompt + labels[1]],
-        model=model,
-        max_tokens=1,
-        temperature=0.0,
-        logprobs=0,
-        echo=True,
-        seed=seed,
-    )
-    values = []
-    for group, label in zip(scored.choices, labels, strict=True):
-        lp = group[0].logprobs
-        if lp is None:
-            raise EvaluationError("the judge server returned no echoed log-probs (echo + logprobs)")
-        values.append(
-            judgements.scored_logprob(lp.tokens, lp.token_logprobs, lp.text_offset, len(label))
-        )
-    return JudgeQuery(
-        good_label=query.good_label, logprob_a=values[0], logprob_b=values[1], method="scored"
-    )
+    except judgements.JudgeAnswerError as exc:
+        raise EvaluationError(str(exc)) from exc
 
 
 class _Evaluator:

@@ -19,11 +19,13 @@ The combined `ok` (config `judge.ok_rule`):
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from cai.generator.types import CompletionResult
 from cai.pipeline.config import JudgeConfig
 from cai.pipeline.prompts import Template
-from cai.pipeline.records import JudgeQuery, Verdict
+from cai.pipeline.records import JudgeQuery, TokenUsage, Verdict
 
 LETTERS = ("A", "B")
 
@@ -128,4 +130,103 @@ def combine(
         judge_queries=queries,
         judge_ok=judge_ok,
         ok=ok,
+    )
+
+
+def _usage(result: CompletionResult) -> TokenUsage:
+    return TokenUsage(
+        prompt_tokens=result.usage.prompt_tokens,
+        completion_tokens=result.usage.completion_tokens,
+    )
+
+
+class JudgeAnswerError(RuntimeError):
+    """The judge server's answer lacks the log-probs the judge reads."""
+
+
+Complete = Callable[..., Awaitable[CompletionResult]]
+"""`complete(prompts, **sampling)`: GeneratorClient.complete or a caller wrapping it."""
+
+
+async def ask(
+    complete: Complete,
+    query: JudgePrompt,
+    *,
+    model: str,
+    labels: tuple[str, str],
+    method: str,
+    top_logprobs: int,
+    seed: int,
+    count: Callable[[CompletionResult], TokenUsage] | None = None,
+) -> JudgeQuery:
+    """One A/B question, answered from the next token's top-k log-probs where both labels are
+    there (`method` auto or top_logprobs), else scored exactly by echoing prompt + label.
+
+    `count` turns each server answer into the usage recorded on the query (and may tally it).
+    """
+    count = count or _usage
+    label_a, label_b = labels
+    usage = TokenUsage()
+    if method != "scored":
+        result = await complete(
+            [query.prompt],
+            model=model,
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=top_logprobs,
+            seed=seed,
+        )
+        usage = count(result)
+        choice = result.choices[0][0]
+        top = (
+            choice.logprobs.top_logprobs[0]
+            if choice.logprobs and choice.logprobs.top_logprobs
+            else None
+        ) or {}
+        lp_a, lp_b = read_label(top, label_a), read_label(top, label_b)
+        if lp_a is not None and lp_b is not None:
+            return JudgeQuery(
+                good_label=query.good_label,
+                logprob_a=lp_a,
+                logprob_b=lp_b,
+                method="top_logprobs",
+                usage=usage,
+            )
+        if method == "top_logprobs":
+            # Not in the top-k: its log-prob is at most the smallest one listed.
+            floor = min(top.values()) if top else -100.0
+            return JudgeQuery(
+                good_label=query.good_label,
+                logprob_a=floor if lp_a is None else lp_a,
+                logprob_b=floor if lp_b is None else lp_b,
+                method="top_logprobs",
+                usage=usage,
+            )
+    result = await complete(
+        [query.prompt + label_a, query.prompt + label_b],
+        model=model,
+        max_tokens=1,
+        temperature=0.0,
+        logprobs=0,
+        echo=True,
+        seed=seed,
+    )
+    scored_usage = count(result)
+    scores = []
+    for group, label in zip(result.choices, labels, strict=True):
+        lp = group[0].logprobs
+        if lp is None:
+            raise JudgeAnswerError(
+                "the judge server returned no echoed log-probs (echo + logprobs)"
+            )
+        scores.append(scored_logprob(lp.tokens, lp.token_logprobs, lp.text_offset, len(label)))
+    return JudgeQuery(
+        good_label=query.good_label,
+        logprob_a=round(scores[0], 6),
+        logprob_b=round(scores[1], 6),
+        method="scored",
+        usage=TokenUsage(
+            prompt_tokens=usage.prompt_tokens + scored_usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens + scored_usage.completion_tokens,
+        ),
     )

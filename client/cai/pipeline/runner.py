@@ -22,6 +22,7 @@ How it runs (DESIGN.md "How the pipeline runs"):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -779,77 +780,19 @@ class PipelineRunner:
         self, query: judgements.JudgePrompt, seed: int, priority: Priority
     ) -> JudgeQuery:
         cfg = self.config.judge
-        model = self.config.judge_model()
-        label_a, label_b = self._labels
-        usage = TokenUsage()
-        lp_a = lp_b = None
-        if cfg.method != "scored":
-            result = await self.judge_caller.complete(
-                [query.prompt],
-                priority=priority,
-                model=model,
-                max_tokens=1,
-                temperature=0.0,
-                logprobs=cfg.top_logprobs,
+        try:
+            return await judgements.ask(
+                functools.partial(self.judge_caller.complete, priority=priority),
+                query,
+                model=self.config.judge_model(),
+                labels=self._labels,
+                method=cfg.method,
+                top_logprobs=cfg.top_logprobs,
                 seed=seed,
+                count=functools.partial(self._count, "judgements"),
             )
-            usage = self._count("judgements", result)
-            choice = result.choices[0][0]
-            top = (
-                choice.logprobs.top_logprobs[0]
-                if choice.logprobs and choice.logprobs.top_logprobs
-                else None
-            ) or {}
-            lp_a, lp_b = judgements.read_label(top, label_a), judgements.read_label(top, label_b)
-            if lp_a is not None and lp_b is not None:
-                return JudgeQuery(
-                    good_label=query.good_label,
-                    logprob_a=lp_a,
-                    logprob_b=lp_b,
-                    method="top_logprobs",
-                    usage=usage,
-                )
-            if cfg.method == "top_logprobs":
-                # Not in the top-k: its log-prob is at most the smallest one listed.
-                floor = min(top.values()) if top else -100.0
-                return JudgeQuery(
-                    good_label=query.good_label,
-                    logprob_a=floor if lp_a is None else lp_a,
-                    logprob_b=floor if lp_b is None else lp_b,
-                    method="top_logprobs",
-                    usage=usage,
-                )
-        result = await self.judge_caller.complete(
-            [query.prompt + label_a, query.prompt + label_b],
-            priority=priority,
-            model=model,
-            max_tokens=1,
-            temperature=0.0,
-            logprobs=0,
-            echo=True,
-            seed=seed,
-        )
-        scored_usage = self._count("judgements", result)
-        scores = []
-        for group, label in zip(result.choices, (label_a, label_b), strict=True):
-            lp = group[0].logprobs
-            if lp is None:
-                raise RequestFailed(
-                    "the judge server returned no echoed log-probs (echo + logprobs)"
-                )
-            scores.append(
-                judgements.scored_logprob(lp.tokens, lp.token_logprobs, lp.text_offset, len(label))
-            )
-        return JudgeQuery(
-            good_label=query.good_label,
-            logprob_a=round(scores[0], 6),
-            logprob_b=round(scores[1], 6),
-            method="scored",
-            usage=TokenUsage(
-                prompt_tokens=usage.prompt_tokens + scored_usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens + scored_usage.completion_tokens,
-            ),
-        )
+        except judgements.JudgeAnswerError as exc:
+            raise RequestFailed(str(exc)) from exc
 
     def _pair(
         self,

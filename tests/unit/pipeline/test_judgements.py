@@ -103,3 +103,72 @@ def test_rules_and_judge_verdicts_are_recorded_separately():
     assert verdict.rules == {"nonempty": True, "no_template_residue": False}
     assert verdict.rules_ok is False and verdict.judge_ok is True and verdict.ok is False
     assert verdict.truncated is True
+
+
+class _FakeJudge:
+    """Answers the top-k query with `top`, and the echo queries with fixed label log-probs."""
+
+    def __init__(self, top: dict[str, float], echoed: tuple[float, float]) -> None:
+        self.top = top
+        self.echoed = echoed
+        self.calls: list[dict[str, object]] = []
+
+    async def complete(self, prompts: list[str], **params: object) -> object:
+        from cai.generator.types import Choice, CompletionResult, TokenLogprobs, Usage
+
+        self.calls.append(params)
+        if params.get("echo"):
+            choices = [
+                [
+                    Choice(
+                        text=p,
+                        logprobs=TokenLogprobs(
+                            # prompt, the 2-character label, one generated token
+                            tokens=[p[:-2], p[-2:], "x"],
+                            token_logprobs=[None, lp, -9.0],
+                            text_offset=[0, len(p) - 2, len(p)],
+                        ),
+                    )
+                ]
+                for p, lp in zip(prompts, self.echoed, strict=True)
+            ]
+        else:
+            logprobs = TokenLogprobs(tokens=["x"], token_logprobs=[-1.0], top_logprobs=[self.top])
+            choices = [[Choice(text="x", logprobs=logprobs)]]
+        return CompletionResult(
+            id="j", model="m", prompts=prompts, choices=choices, usage=Usage(prompt_tokens=3)
+        )
+
+
+async def test_ask_reads_both_labels_from_the_top_logprobs_in_one_request() -> None:
+    from cai.pipeline.judgements import JudgePrompt, ask
+
+    judge = _FakeJudge({" A": -0.1, " B": -2.5}, echoed=(0.0, 0.0))
+    query = await ask(
+        judge.complete,
+        JudgePrompt(prompt="Which?", good_label="A"),
+        model="m",
+        labels=(" A", " B"),
+        method="auto",
+        top_logprobs=5,
+        seed=1,
+    )
+    assert (query.method, query.logprob_a, query.logprob_b) == ("top_logprobs", -0.1, -2.5)
+    assert len(judge.calls) == 1 and query.usage.prompt_tokens == 3
+
+
+async def test_ask_scores_a_label_missing_from_the_top_k_exactly() -> None:
+    from cai.pipeline.judgements import JudgePrompt, ask
+
+    judge = _FakeJudge({" A": -0.1}, echoed=(-0.7, -3.0))
+    query = await ask(
+        judge.complete,
+        JudgePrompt(prompt="Which?", good_label="B"),
+        model="m",
+        labels=(" A", " B"),
+        method="auto",
+        top_logprobs=5,
+        seed=1,
+    )
+    assert (query.method, query.logprob_a, query.logprob_b) == ("scored", -0.7, -3.0)
+    assert judge.calls[1]["echo"] is True and query.usage.prompt_tokens == 6
