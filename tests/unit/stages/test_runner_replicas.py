@@ -145,9 +145,10 @@ async def test_every_server_is_woken_even_when_following_the_job_fails(tmp_path:
     assert not any(g.asleep for g in gens)
 
 
-def test_cai_run_takes_replicas_from_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _config_cai_run_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, yaml_text: str, env: dict[str, str]
+) -> RunConfig:
+    """The RunConfig `cai run` builds from a file and the environment (nothing runs)."""
     from typer.testing import CliRunner
 
     from cai.cli import app
@@ -161,43 +162,34 @@ def test_cai_run_takes_replicas_from_the_environment(
 
     monkeypatch.setattr(run_command, "run_stages", fake_run_stages)
     config = tmp_path / "run.yaml"
-    config.write_text("name: x\ngenerator: {url: 'http://generator:8000'}\nstages: [{}]\n")
-    result = CliRunner().invoke(
-        app,
-        ["run", str(config), "--no-progress"],
-        env={"CAI_GENERATOR_REPLICAS": "http://generator-2:8000 http://generator-3:8000"},
-    )
+    config.write_text(yaml_text)
+    result = CliRunner().invoke(app, ["run", str(config), "--no-progress"], env=env)
     assert result.exit_code == 1 and "stop here" in result.output
-    assert seen[0].generator.url == "http://generator:8000"
-    assert seen[0].generator.replicas == ["http://generator-2:8000", "http://generator-3:8000"]
+    return seen[0]
+
+
+def test_cai_run_takes_replicas_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config_cai_run_sees(
+        tmp_path,
+        monkeypatch,
+        "name: x\ngenerator: {url: 'http://generator:8000'}\nstages: [{}]\n",
+        {"CAI_GENERATOR_REPLICAS": "http://generator-2:8000 http://generator-3:8000"},
+    )
+    assert config.generator.url == "http://generator:8000"
+    assert config.generator.replicas == ["http://generator-2:8000", "http://generator-3:8000"]
 
 
 def test_cai_run_takes_service_urls_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The compose client sets CAI_GENERATOR_URL/CAI_TRAINER_URL to the containers' names."""
-    from typer.testing import CliRunner
-
-    from cai.cli import app
-    from cai.commands import run as run_command
-
-    seen: list[RunConfig] = []
-
-    async def fake_run_stages(config: RunConfig, reporter: Any = None) -> Any:
-        seen.append(config)
-        raise stages_runner.RunError("stop here")
-
-    monkeypatch.setattr(run_command, "run_stages", fake_run_stages)
-    config = tmp_path / "run.yaml"
-    config.write_text("name: x\nstages: [{}]\n")
-    result = CliRunner().invoke(
-        app,
-        ["run", str(config), "--no-progress"],
-        env={
-            "CAI_GENERATOR_URL": "http://generator:8000",
-            "CAI_TRAINER_URL": "http://trainer:8100",
-        },
+    config = _config_cai_run_sees(
+        tmp_path,
+        monkeypatch,
+        "name: x\nstages: [{}]\n",
+        {"CAI_GENERATOR_URL": "http://generator:8000", "CAI_TRAINER_URL": "http://trainer:8100"},
     )
-    assert result.exit_code == 1 and "stop here" in result.output
-    assert seen[0].generator.url == "http://generator:8000"
-    assert seen[0].trainer.url == "http://trainer:8100"
+    assert config.generator.url == "http://generator:8000"
+    assert config.trainer.url == "http://trainer:8100"
