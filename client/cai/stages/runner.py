@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,7 +38,7 @@ from cai.pipeline import PipelineConfig, RunSummary, run_pipeline
 from cai.pipeline.config import EndpointConfig, small_test_overlay, validate_config
 from cai.pipeline.manifest import package_versions
 from cai.pipeline.runner import ProgressSink
-from cai.stages.config import RunConfig
+from cai.stages.config import RunConfig, deep_merge
 from cai.stages.state import RunState, StageState, load_state, save_state, write_json_atomic
 from cai.trainer import TrainerClient
 from protocol.jobs import DpoJobSpec, JobEvent, JobRecord, JobState, MergeJobSpec
@@ -166,7 +166,7 @@ class StageRunner:
     def pipeline_config(self, number: int, model: str) -> PipelineConfig:
         base = PipelineConfig.small_test() if self.config.small_test else PipelineConfig()
         data = base.model_dump(mode="json")
-        data = _merge(data, self.config.stage_pipeline(number))
+        data = deep_merge(data, self.config.stage_pipeline(number))
         data.update(
             name=f"{self.config.name}-stage{number}",
             seed=self.config.seed + number,
@@ -530,12 +530,6 @@ async def _serves(gen: GeneratorClient, name: str) -> bool:
     return any(card.id == name for card in await gen.models())
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    from cai.stages.config import deep_merge
-
-    return deep_merge(base, override)
-
-
 def _same_path(a: str, b: str) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
@@ -583,6 +577,3 @@ async def run_stages(config: RunConfig, reporter: Reporter | None = None) -> Run
         ]
         runner = StageRunner(config, gen, trainer, reporter, replicas)
         return await runner.run()
-
-
-EventCallback = Callable[[JobEvent], None]
