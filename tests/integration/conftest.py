@@ -84,18 +84,21 @@ class TrainerService:
             return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
 
 
-@pytest.fixture
-def start_trainer(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., TrainerService]]:
+@contextlib.contextmanager
+def trainer_factory(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., TrainerService]]:
+    """`start(body, api_key=None, **settings)` starts a trainer on a free port with its own data
+    dir, running `body` (`module:function`) for every job kind, or the real bodies if None.
+    Every trainer started is stopped on exit."""
     services: list[TrainerService] = []
 
-    def start(fake_bodies: bool = True, api_key: str | None = None, **env: Any) -> TrainerService:
+    def start(body: str | None, api_key: str | None = None, **env: Any) -> TrainerService:
         values = {
             "CAI_TRAINER_MODEL_ROOTS": str(tiny_model.parent),
             "CAI_TRAINER_DEVICE": "cpu",
             "CAI_TRAINER_CANCEL_GRACE_S": "2",
         }
-        if fake_bodies:
-            values["CAI_TRAINER_JOB_BODIES"] = json.dumps({"dpo": FAKE, "merge": FAKE})
+        if body is not None:
+            values["CAI_TRAINER_JOB_BODIES"] = json.dumps({"dpo": body, "merge": body})
         if api_key:
             values["CAI_TRAINER_API_KEY"] = api_key
         values |= {f"CAI_TRAINER_{k.upper()}": str(v) for k, v in env.items()}
@@ -108,9 +111,23 @@ def start_trainer(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., Tr
         services.append(service)
         return service.start()
 
-    yield start
-    for service in services:
-        service.stop()
+    try:
+        yield start
+    finally:
+        for service in services:
+            service.stop()
+
+
+@pytest.fixture
+def start_trainer(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., TrainerService]]:
+    with trainer_factory(tmp_path, tiny_model) as start:
+
+        def start_fake_or_real(
+            fake_bodies: bool = True, api_key: str | None = None, **env: Any
+        ) -> TrainerService:
+            return start(FAKE if fake_bodies else None, api_key, **env)
+
+        yield start_fake_or_real
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float = 60.0, what: str = "") -> Any:

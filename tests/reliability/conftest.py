@@ -8,7 +8,7 @@ refused request or a crash must leave unchanged. Job bodies are tests/reliabilit
 
 from __future__ import annotations
 
-import json
+import functools
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from services.trainer.core.config import TrainerSettings
-from tests.integration.conftest import TrainerService
+from tests.integration.conftest import TrainerService, trainer_factory
 from tests.unit.trainer.conftest import pairs_jsonl
 
 BODY = "tests.reliability.bodies:run"
@@ -31,30 +31,8 @@ TABLES = ("jobs", "job_events", "datasets", "adapters", "idempotency_keys")
 def start_trainer(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., TrainerService]]:
     """`start_trainer(api_key=None, **settings)`: `python -m services.trainer` on a free port
     with its own data dir, running the bodies of tests/reliability/bodies.py."""
-    services: list[TrainerService] = []
-
-    def start(api_key: str | None = None, **env: Any) -> TrainerService:
-        values = {
-            "CAI_TRAINER_MODEL_ROOTS": str(tiny_model.parent),
-            "CAI_TRAINER_DEVICE": "cpu",
-            "CAI_TRAINER_CANCEL_GRACE_S": "2",
-            "CAI_TRAINER_JOB_BODIES": json.dumps({"dpo": BODY, "merge": BODY}),
-        }
-        if api_key:
-            values["CAI_TRAINER_API_KEY"] = api_key
-        values |= {f"CAI_TRAINER_{k.upper()}": str(v) for k, v in env.items()}
-        service = TrainerService(
-            data_dir=tmp_path / f"trainer-{len(services)}",
-            log_path=tmp_path / f"trainer-{len(services)}.log",
-            env=values,
-            api_key=api_key,
-        )
-        services.append(service)
-        return service.start()
-
-    yield start
-    for service in services:
-        service.stop()
+    with trainer_factory(tmp_path, tiny_model) as start:
+        yield functools.partial(start, BODY)
 
 
 @pytest.fixture
