@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -41,14 +40,13 @@ from cai.generator.types import (
     ModelCard,
     ModelList,
 )
+from cai.retry import backoff_delay
 
 logger = logging.getLogger(__name__)
 
 # Statuses worth another try: the server (or a proxy in front of it) is overloaded,
 # restarting or briefly failing. Other 4xx are the caller's mistake and fail at once.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Upper bound on one wait, also applied to a server's Retry-After.
-MAX_BACKOFF_S = 30.0
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -343,12 +341,7 @@ class GeneratorClient:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, MAX_BACKOFF_S)
-        base = min(self.backoff * (2**attempt), MAX_BACKOFF_S)
-        # Equal jitter: at least half the backoff, so many callers failing together
-        # spread out without any of them retrying immediately.
-        return base / 2 + random.uniform(0.0, base / 2)
+        return backoff_delay(self.backoff, attempt, retry_after)
 
 
 def _status_error(response: httpx.Response, method: str, url: str) -> GeneratorStatusError:

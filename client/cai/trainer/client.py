@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from cai.retry import backoff_delay
 from cai.trainer.errors import (
     JobNotSucceeded,
     TrainerConnectionError,
@@ -43,7 +43,6 @@ from protocol.trainer_api import AdapterList, TrainerHealth
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8100"
-MAX_BACKOFF_S = 30.0
 UPLOAD_CHUNK = 1 << 20
 Sleep = Callable[[float], Awaitable[None]]
 M = TypeVar("M", bound=BaseModel)
@@ -291,8 +290,7 @@ class TrainerClient:
         )
 
     def _delay(self, attempt: int) -> float:
-        base = min(self.backoff * (2**attempt), MAX_BACKOFF_S)
-        return base / 2 + random.uniform(0.0, base / 2)
+        return backoff_delay(self.backoff, attempt)
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
