@@ -106,14 +106,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             "| run | epoch s | pre-pass s | tokens/s | FLOP util. | peak alloc GB | "
-            "peak reserved GB | micro-batch | checkpointing | Liger | padded/real |"
+            "peak reserved GB | micro-batch | checkpointing | Liger | optimizer | padded/real |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for run_name, run in shape["runs"].items():
             config = run.get("config") or {}
             padding = run.get("padded_positions_per_token", {}).get("train")
             if "error" in run:
-                lines.append(f"| {run_name} | failed: {run['error'][:120]} |||||||||| ")
+                lines.append(f"| {run_name} | failed: {run['error'][:120]} ||||||||||| ")
                 continue
             lines.append(
                 f"| {run_name} | {_fmt(run.get('wall_seconds'), '.1f')} "
@@ -123,7 +123,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {_fmt(run.get('peak_allocated_gb'), '.1f')} "
                 f"| {_fmt(run.get('peak_reserved_gb'), '.1f')} "
                 f"| {config.get('micro_batch')} | {config.get('gradient_checkpointing')} "
-                f"| {config.get('use_liger_kernel')} | {_fmt(padding, '.2f')} |"
+                f"| {config.get('use_liger_kernel')} | {config.get('optimizer', 'adamw')} "
+                f"| {_fmt(padding, '.2f')} |"
             )
         if "speedup" in shape:
             lines.append("")

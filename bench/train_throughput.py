@@ -304,6 +304,7 @@ def _run_project(
                 "gradient_checkpointing",
                 "precompute_ref_batch_size",
                 "use_liger_kernel",
+                "optimizer",
                 "length_grouped_batches",
                 "padding_free",
                 "memory_plan",
@@ -427,7 +428,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="the project job's spec fields (normally chosen by the job): micro-batch ...",
     )
     parser.add_argument(
-        "--job-checkpointing", choices=("on", "off"), default=None, help="... and checkpointing"
+        "--job-checkpointing", choices=("on", "off"), default=None, help="... checkpointing"
+    )
+    parser.add_argument(
+        "--job-optimizer",
+        choices=("auto", "adamw", "adamw_8bit"),
+        default=None,
+        help="... optimizer",
     )
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=RUNS, default=None, help=argparse.SUPPRESS)
@@ -465,6 +472,8 @@ def main(argv: list[str]) -> int:
             overrides["per_device_train_batch_size"] = args.job_micro_batch
         if args.job_checkpointing is not None:
             overrides["gradient_checkpointing"] = args.job_checkpointing == "on"
+        if args.job_optimizer is not None:
+            overrides["optimizer"] = args.job_optimizer
         (work / "job-overrides.json").write_text(json.dumps(overrides))
         results = {run: _spawn(run, name, work, device, args.seed) for run in runs}
         report["shapes"][name] = summarise(

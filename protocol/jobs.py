@@ -80,6 +80,14 @@ class DpoSpec(BaseModel):
     )
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
     logging_steps: int = Field(default=1, ge=1)
+    optimizer: Literal["auto", "adamw", "adamw_8bit"] = Field(
+        default="auto",
+        description=(
+            "auto: fp32 AdamW, or 8-bit Adam moments (bitsandbytes) where weights and LoRA "
+            "state take most of one GPU (32B on an 80 GB card). adamw_8bit: always (one CUDA "
+            "GPU and bitsandbytes needed)."
+        ),
+    )
 
 
 class DpoJobSpec(BaseModel):

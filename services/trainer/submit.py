@@ -122,6 +122,12 @@ class JobSubmitter:
                 "set load_in_4bit to false (or submit to a trainer with a GPU)",
                 field="load_in_4bit",
             )
+        if spec.dpo.optimizer == "adamw_8bit" and self.device != "cuda":
+            raise Unprocessable(
+                f"optimizer adamw_8bit needs a CUDA GPU and this trainer runs jobs on "
+                f"{self.device}: set dpo.optimizer to auto or adamw",
+                field="dpo.optimizer",
+            )
         self._check_dataset(spec.dataset_id, "dataset_id")
         if spec.eval_dataset_id is not None:
             if spec.eval_dataset_id == spec.dataset_id:

@@ -17,6 +17,7 @@ from services.trainer.jobs.training_config import (
     dpo_config_kwargs,
     lora_config,
     loss_types,
+    trainer_optimizer,
 )
 from services.trainer.jobs.training_data import length_grouped_indices
 from services.trainer.jobs.training_device import (
@@ -28,6 +29,7 @@ from services.trainer.jobs.training_device import (
     MemoryPlan,
     ModelShape,
     check_quantization,
+    choose_optimizer,
     plan_memory,
     resolve_device,
     training_dtype,
@@ -451,3 +453,102 @@ def test_merge_refuses_an_adapter_of_another_base(tmp_path: Path) -> None:
     with pytest.raises(MergeError, match="trained on"):
         check_adapter_base({"base_model_name_or_path": str(tmp_path / "a")}, str(tmp_path / "b"))
     check_adapter_base({"base_model_name_or_path": str(tmp_path / "a")}, str(tmp_path / "a/"))
+
+
+# --- optimizer ---------------------------------------------------------------------------
+
+MEASURED_H100_FREE = 84_465_090_560  # docs/benchmarks.md section 3
+
+
+def choose(
+    requested: str = "auto",
+    shape: ModelShape = QWEN_32B,
+    device: str = "cuda",
+    free: int | None = MEASURED_H100_FREE,
+    processes: int = 1,
+    usable: bool = True,
+) -> tuple[str, str]:
+    return choose_optimizer(
+        requested,
+        shape,
+        device=device,
+        free_bytes=free,
+        r=64,
+        dtype="bfloat16",
+        load_in_4bit=False,
+        processes=processes,
+        eight_bit_usable=usable,
+    )
+
+
+def test_auto_keeps_exact_adamw_at_7b_and_on_cpu() -> None:
+    assert choose(shape=QWEN_7B)[0] == "adamw"
+    assert choose(device="cpu", free=None)[0] == "adamw"
+
+
+def test_auto_takes_8bit_moments_where_32b_state_fills_one_card() -> None:
+    name, why = choose()
+    assert name == "adamw_8bit"
+    assert "88%" in why  # 74 GB of weights and fp32 LoRA state of 84.5 GB free
+
+
+def test_auto_falls_back_to_adamw_without_bitsandbytes_or_under_fsdp() -> None:
+    name, why = choose(usable=False)
+    assert name == "adamw" and "bitsandbytes not usable" in why
+    assert choose(processes=2)[0] == "adamw"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"device": "cpu", "free": None}, ["CUDA", "adamw or auto"]),
+        ({"processes": 2}, ["several processes", "adamw or auto"]),
+        ({"usable": False}, ["bitsandbytes", "adamw or auto"]),
+    ],
+)
+def test_explicit_8bit_is_refused_where_it_cannot_run(
+    kwargs: dict[str, object], words: list[str]
+) -> None:
+    with pytest.raises(DeviceUnsupportedError) as err:
+        choose("adamw_8bit", **kwargs)  # type: ignore[arg-type]
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_explicit_adamw_wins_over_auto() -> None:
+    assert choose("adamw") == ("adamw", "adamw as requested")
+
+
+def test_8bit_moments_leave_more_room_at_32b() -> None:
+    def peak(optimizer: str) -> int:
+        plan = plan_memory(
+            QWEN_32B,
+            device="cuda",
+            free_bytes=MEASURED_H100_FREE,
+            longest_pair_tokens=734,
+            r=64,
+            dtype="bfloat16",
+            use_liger_kernel=True,
+            optimizer=optimizer,
+        )
+        assert plan.micro_batch == MAX_CHECKPOINTED_MICRO_BATCH
+        assert plan.estimated_peak_bytes is not None
+        return plan.estimated_peak_bytes
+
+    # 537M trainable parameters x 6 bytes fewer (two 1-byte moments instead of two fp32 ones)
+    assert 3.1e9 < peak("adamw") - peak("adamw_8bit") < 3.4e9
+
+
+def test_optimizer_maps_to_transformers_names() -> None:
+    plan = MemoryPlan(4, True, 16, "test")
+
+    def name(device: str, optimizer: str) -> str:
+        return trainer_optimizer(
+            SpeedChoices(device, "bfloat16", plan, True, "sdpa", True, optimizer=optimizer)
+        )
+
+    assert name("cuda", "adamw_8bit") == "adamw_bnb_8bit"
+    assert name("cuda", "adamw") == "adamw_torch_fused"
+    assert name("cpu", "adamw") == "adamw_torch"
+    recorded = SpeedChoices("cuda", "bfloat16", plan, True, "sdpa", True, optimizer="adamw_8bit")
+    assert recorded.as_dict()["optimizer"] == "adamw_8bit"

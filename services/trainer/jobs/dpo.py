@@ -14,7 +14,8 @@ bf16 on GPU, fp32 on CPU; micro-batch and activation checkpointing from free GPU
 (checkpointing only when a pair does not fit without it); precomputed reference log-probs
 (the spec's default) with a bigger pre-pass batch; length-grouped micro-batches (TRL 1.16 has
 no padding-free DPO); Liger kernels where importable on CUDA; sdpa attention without cuDNN's
-kernels on CUDA; PEFT's per-layer input cast to fp32 switched off.
+kernels on CUDA; PEFT's per-layer input cast to fp32 switched off; 8-bit Adam moments only where
+weights and LoRA state would take most of one GPU (`choose_optimizer`).
 
 Writes the adapter (adapter_config.json, adapter_model.safetensors, tokenizer files) into
 `ctx.output_dir` and nothing else; TRL's scratch goes to `ctx.work_dir`.
@@ -71,7 +72,9 @@ from services.trainer.jobs.training_data import (
 from services.trainer.jobs.training_device import (
     ModelShape,
     bitsandbytes_importable,
+    bitsandbytes_optimizer_usable,
     check_quantization,
+    choose_optimizer,
     count_parameters,
     liger_importable,
     plan_memory,
@@ -264,14 +267,28 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
     free_bytes = probe_free_gpu_bytes() if device == "cuda" else None
     if processes > 1:
         free_bytes = min_across_ranks(free_bytes)
+    plan_shape = sharded_shape(shape, processes) if strategy(device) == "fsdp2" else shape
+    optimizer, optimizer_reason = choose_optimizer(
+        spec.dpo.optimizer,
+        plan_shape,
+        device=device,
+        free_bytes=free_bytes,
+        r=rank,
+        dtype=dtype,
+        load_in_4bit=spec.load_in_4bit,
+        processes=processes,
+        eight_bit_usable=device == "cuda" and bitsandbytes_optimizer_usable(),
+    )
+    log.info("optimizer: %s", optimizer_reason)
     plan = plan_memory(
-        sharded_shape(shape, processes) if strategy(device) == "fsdp2" else shape,
+        plan_shape,
         device=device,
         free_bytes=free_bytes,
         longest_pair_tokens=train.longest,
         r=rank,
         dtype=dtype,
         load_in_4bit=spec.load_in_4bit,
+        optimizer=optimizer,
         requested_micro_batch=spec.dpo.per_device_train_batch_size,
         requested_checkpointing=spec.dpo.gradient_checkpointing,
         use_liger_kernel=liger,
@@ -284,6 +301,7 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
         attn_implementation=ATTN_IMPLEMENTATION,
         length_grouped_batches=True,
         cudnn_attention=use_cudnn_attention(device),
+        optimizer=optimizer,
     )
     log.info("speed choices: %s", choices.as_dict())
     if device == "cuda" and not choices.cudnn_attention:

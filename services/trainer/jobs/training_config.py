@@ -58,6 +58,8 @@ class SpeedChoices:
     # sdpa's cuDNN backend (off on CUDA: it re-plans for every new sequence length; see
     # training_device.use_cudnn_attention). Never used on CPU.
     cudnn_attention: bool = False
+    # `adamw` (fused fp32 on GPU) or `adamw_8bit` (training_device.choose_optimizer).
+    optimizer: str = "adamw"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,7 @@ class SpeedChoices:
             "attn_implementation": self.attn_implementation,
             "length_grouped_batches": self.length_grouped_batches,
             "cudnn_attention": self.cudnn_attention,
+            "optimizer": self.optimizer,
             # TRL 1.16 disables padding_free for DPO ("temporarily unavailable after a
             # refactor": it warns and pads). Length-grouped batches recover most of what it
             # would save: rows of similar length share a batch, so little padding is left.
@@ -145,11 +148,18 @@ def dpo_config_kwargs(spec: DpoJobSpec, choices: SpeedChoices, work_dir: Path) -
         "use_cpu": not on_gpu,
         "dataloader_pin_memory": on_gpu,
         "use_liger_kernel": choices.use_liger_kernel,
-        # Fused AdamW kernel on GPU (one launch for all LoRA tensors); the plain one on CPU.
-        "optim": "adamw_torch_fused" if on_gpu else "adamw_torch",
+        "optim": trainer_optimizer(choices),
         "padding_free": False,
         "model_init_kwargs": None,
     }
+
+
+def trainer_optimizer(choices: SpeedChoices) -> str:
+    """transformers' `optim` name: bitsandbytes' 8-bit AdamW, else the fused AdamW kernel on
+    GPU (one launch for all LoRA tensors) and the plain one on CPU."""
+    if choices.optimizer == "adamw_8bit":
+        return "adamw_bnb_8bit"
+    return "adamw_torch_fused" if choices.device == "cuda" else "adamw_torch"
 
 
 def check_parent_compatible(spec: DpoJobSpec, parent_config: dict[str, Any]) -> list[str]:

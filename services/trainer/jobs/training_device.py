@@ -29,6 +29,13 @@ GIB = 1024**3
 _PROJECTIONS_PER_LAYER = 7
 # Bytes a trainable LoRA parameter costs: fp32 weight + fp32 grad + two fp32 Adam moments.
 _TRAINABLE_STATE_BYTES = 16
+# With 8-bit AdamW (bitsandbytes) the two moments take a byte each (plus blockwise scales).
+_TRAINABLE_STATE_BYTES_8BIT = 10
+# Above this share of the free memory taken by weights and fp32 LoRA state, `optimizer: auto`
+# keeps the Adam moments in 8 bits. 32B with r 64 on one 80 GB card: 74 GB of 84.5 (88%),
+# 8.6 GB of it LoRA state (537M trainable parameters); 8-bit moments give back 3.2 GB.
+# 7B on the same card: 21%, well under it, so it keeps exact fp32 AdamW.
+_EIGHT_BIT_STATE_SHARE = 0.6
 # Activations saved for backward a token and a layer, in elements: 10 hidden-sized tensors
 # (norm inputs/outputs, q/k/v/o, residuals; RMSNorm's fp32 upcast) and 3 intermediate-sized
 # ones (gate, up, SwiGLU product). Fitted to the H100 measurement above (5.2 MB/token at 7B).
@@ -153,6 +160,77 @@ def bitsandbytes_importable() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
+def trainable_state_bytes(optimizer: str) -> int:
+    """Bytes a trainable parameter costs with this optimizer (`adamw` or `adamw_8bit`)."""
+    return _TRAINABLE_STATE_BYTES_8BIT if optimizer == "adamw_8bit" else _TRAINABLE_STATE_BYTES
+
+
+def bitsandbytes_optimizer_usable() -> bool:
+    """bitsandbytes imports and has its 8-bit AdamW (an installed but broken build, e.g. one
+    without kernels for this CUDA, fails here and `auto` keeps fp32 AdamW)."""
+    try:
+        import bitsandbytes
+
+        return hasattr(bitsandbytes.optim, "AdamW8bit")
+    except Exception:  # any import-time failure means "not usable", never a failed job
+        return False
+
+
+def choose_optimizer(
+    requested: str,
+    shape: ModelShape,
+    *,
+    device: str,
+    free_bytes: int | None,
+    r: int,
+    dtype: str,
+    load_in_4bit: bool,
+    processes: int,
+    eight_bit_usable: bool,
+) -> tuple[str, str]:
+    """(`adamw` or `adamw_8bit`, why). `auto` keeps exact fp32 AdamW unless weights and the
+    fp32 LoRA state would take most of one GPU: then the Adam moments go to 8 bits
+    (bitsandbytes' blockwise AdamW8bit, which tracks 32-bit Adam closely) and the memory
+    they free goes to activations and headroom. Not under FSDP (sharding is its answer to
+    memory, and bitsandbytes' optimizer does not take sharded parameters)."""
+    if requested == "adamw":
+        return "adamw", "adamw as requested"
+    if requested == "adamw_8bit":
+        if device != "cuda":
+            raise DeviceUnsupportedError(
+                "optimizer adamw_8bit needs a CUDA GPU (bitsandbytes); this job runs on CPU: "
+                "set optimizer to adamw or auto"
+            )
+        if processes > 1:
+            raise DeviceUnsupportedError(
+                "optimizer adamw_8bit is not supported with several processes (FSDP shards "
+                "the optimizer state instead): set optimizer to adamw or auto"
+            )
+        if not eight_bit_usable:
+            raise DeviceUnsupportedError(
+                "optimizer adamw_8bit needs a working `bitsandbytes` in the trainer's "
+                "environment: install it or set optimizer to adamw or auto"
+            )
+        return "adamw_8bit", "adamw_8bit as requested"
+    if device != "cuda" or free_bytes is None or processes > 1:
+        return "adamw", "auto: fp32 AdamW (single GPU with tight memory only gets 8-bit moments)"
+    state = weight_bytes(shape, dtype, load_in_4bit) + lora_parameter_count(
+        shape, r
+    ) * trainable_state_bytes("adamw")
+    share = state / free_bytes
+    if share <= _EIGHT_BIT_STATE_SHARE:
+        return "adamw", f"auto: fp32 AdamW (weights and LoRA state {share:.0%} of free memory)"
+    if not eight_bit_usable:
+        return "adamw", (
+            f"auto: fp32 AdamW although weights and LoRA state take {share:.0%} of free memory "
+            "(bitsandbytes not usable here: 8-bit moments would free memory)"
+        )
+    return "adamw_8bit", (
+        f"auto: 8-bit AdamW moments (weights and fp32 LoRA state would take {share:.0%} of "
+        f"free memory, over {_EIGHT_BIT_STATE_SHARE:.0%})"
+    )
+
+
 def lora_parameter_count(shape: ModelShape, r: int) -> int:
     """LoRA A and B over all seven projections: r * (fan_in + fan_out) each."""
     h, i = shape.hidden_size, shape.intermediate_size
@@ -210,6 +288,7 @@ def plan_memory(
     dtype: str,
     use_liger_kernel: bool,
     load_in_4bit: bool = False,
+    optimizer: str = "adamw",
     requested_micro_batch: int | None = None,
     requested_checkpointing: bool | None = None,
 ) -> MemoryPlan:
@@ -219,8 +298,8 @@ def plan_memory(
     rejected each count it: the collator pads both halves of the batch to the longest one).
     Checkpointing costs a second forward (~33% more compute), so it is used only when
     not even a micro-batch of one fits without it. `use_liger_kernel` is what the job will
-    really run with (no default: a plan that assumed Liger ran out of memory without it).
-    A user's explicit choices win.
+    really run with (no default: a plan that assumed Liger ran out of memory without it);
+    `optimizer` (from `choose_optimizer`) sizes the LoRA state. A user's explicit choices win.
     """
     if device != "cuda" or free_bytes is None:
         # CPU: memory is plentiful and compute is the limit; 2 pairs keeps steps short and
@@ -234,7 +313,7 @@ def plan_memory(
         )
 
     state = weight_bytes(shape, dtype, load_in_4bit) + (
-        lora_parameter_count(shape, r) * _TRAINABLE_STATE_BYTES
+        lora_parameter_count(shape, r) * trainable_state_bytes(optimizer)
     )
     fixed = state + _FIXED_OVERHEAD_BYTES
     budget = int(free_bytes * _MEMORY_SHARE) - fixed

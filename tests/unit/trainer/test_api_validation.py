@@ -123,6 +123,18 @@ JOB_CASES = [
         lambda ds: dpo(ds, load_in_4bit=True), 422, ["load_in_4bit", "CUDA"], id="4bit-on-cpu"
     ),
     pytest.param(
+        lambda ds: dpo(ds, dpo={"optimizer": "adamw_8bit"}),
+        422,
+        ["adamw_8bit", "CUDA", "auto"],
+        id="8bit-optimizer-on-cpu",
+    ),
+    pytest.param(
+        lambda ds: dpo(ds, dpo={"optimizer": "sgd"}),
+        422,
+        ["dpo.optimizer", "adamw_8bit"],
+        id="unknown-optimizer",
+    ),
+    pytest.param(
         lambda ds: dpo(ds, base_model="no-such-model"),
         422,
         ["unknown base model", "available: tiny"],
