@@ -5,9 +5,10 @@
 
 The stub (`tests.support.stub_generator`, its own process) answers each request after a
 delay drawn from a log-normal distribution (median `--median-s` at `--scale-tokens`
-max_tokens, shape `--sigma`), scaled by the request's `max_tokens`, with at most
-`--max-in-service` requests in service at once; the rest queue, like the sequences of a full
-vLLM batch. The stub adds up the delays it served.
+max_tokens, shape `--sigma`), bounded at `--cap` x the median as max_tokens bounds a real
+generation, and scaled by the request's `max_tokens`, with at most `--max-in-service`
+requests in service at once; the rest queue, like the sequences of a full vLLM batch. The
+stub adds up the delays it served.
 
     efficiency = (sum of delays / max_in_service) / wall time
 
@@ -17,7 +18,14 @@ runner (records stream from step to step) and the obvious way (`bench.obvious_ch
 slowest request) run the same instructions against the same stub in one invocation.
 For the runner two walls are reported: the whole run (what a user waits for, including
 reading and de-duplicating the instructions and the train/test split) and the generation
-phase (first request to last answer).
+phase (first request to last answer). Beside them, the ceiling: what a client with no
+overhead would reach on this workload (`bench.streaming_ceiling`), since the last chains'
+dependent requests cap every client below 1.0.
+
+Defaults: 2,858 instructions (20,006 completions, the workload of client-overhead), delays
+bounded at 4x the median, and 80 requests in flight for the 64 slots (the pipeline's advice:
+a little above the server's batch, so its queue never empties while the client turns an
+answer around; `--concurrency 64` measures without that queue).
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from bench.client_overhead import (
     write_instruction_file,
 )
 from bench.obvious_chain import run_obvious
+from bench.streaming_ceiling import Workload, ceiling
+from cai.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +65,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench streaming-efficiency", description=__doc__
     )
-    parser.add_argument("--instructions", type=int, default=1200)
+    parser.add_argument("--instructions", type=int, default=2858)
     parser.add_argument("--median-s", type=float, default=0.25, help="median delay at scale")
     parser.add_argument("--sigma", type=float, default=1.0, help="log-normal shape (tail)")
     parser.add_argument(
         "--cap",
         type=float,
-        default=None,
+        default=4.0,
         help="bound each delay at CAP x the median (a generation stops at max_tokens); "
-        "default: unbounded",
+        "0: unbounded",
     )
     parser.add_argument("--scale-tokens", type=int, default=384, help="max_tokens of the median")
     parser.add_argument("--max-in-service", type=int, default=64, help="the stub's batch")
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight, both ways")
+    parser.add_argument("--concurrency", type=int, default=80, help="requests in flight, both ways")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON result")
     parser.add_argument("--skip-obvious", action="store_true", help="only the project's runner")
     parser.add_argument(
@@ -85,7 +95,8 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     quiet_http_logs()
     work = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
-    delay = f"lognormal:{args.median_s}:{args.sigma}" + (f":{args.cap}" if args.cap else "")
+    cap = args.cap or None
+    delay = f"lognormal:{args.median_s}:{args.sigma}" + (f":{cap}" if cap else "")
     result: dict[str, Any] = {
         "benchmark": "streaming-efficiency",
         "command": "python -m bench streaming-efficiency " + " ".join(argv),
@@ -109,6 +120,21 @@ def main(argv: list[str]) -> int:
             assert stub.process is not None
             config = runner_config(
                 stub.base_url, work / "instructions.jsonl", concurrency=args.concurrency
+            )
+            workload = Workload(
+                instructions=args.instructions,
+                chain=chain_levels(config),
+                slots=slots,
+                concurrency=args.concurrency,
+                median_s=args.median_s,
+                sigma=args.sigma,
+                cap=cap,
+                scale_tokens=args.scale_tokens,
+            )
+            result["ceiling"] = round(ceiling(workload), 3)
+            print(
+                f"ceiling (a client with no overhead, same workload, mean of 5 draws): "
+                f"{result['ceiling']:.3f}"
             )
             variants = [("runner", "keepalive")] + (
                 [("runner_aiohttp", "aiohttp")] if args.aiohttp else []
@@ -163,6 +189,19 @@ def main(argv: list[str]) -> int:
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def chain_levels(config: PipelineConfig) -> tuple[tuple[int, int], ...]:
+    """The runner's chain for one instruction: (max_tokens, requests at once) a level."""
+    levels = [(config.responses.sampling.max_tokens, 1)]
+    for _ in range(config.critiques.rounds):
+        levels += [
+            (config.critiques.sampling.max_tokens, 1),
+            (config.revisions.sampling.max_tokens, 1),
+        ]
+    # two verdicts (original, revision), each asked once more with A/B swapped; one token
+    levels.append((1, 2 * (2 if config.judge.swap else 1)))
+    return tuple(levels)
 
 
 def _served(stats: dict[str, Any], slots: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import pytest
 from bench import BENCHMARKS, client_overhead, streaming_efficiency
 from bench.client_overhead import COMPLETIONS_PER_INSTRUCTION, make_instructions
 from bench.obvious_chain import run_obvious
+from bench.streaming_ceiling import Workload, ceiling, simulate
 from tests.support.stub_generator import StubServer
 
 
@@ -62,6 +63,7 @@ def test_streaming_efficiency_reports_both_ways(tmp_path: Path) -> None:
         assert result[key]["sum_delay_s"] > 0
         assert result[key]["max_in_service_seen"] <= 64
         assert result[key]["efficiency"] > 0
+    assert 0 < result["ceiling"] <= 1
 
 
 def test_the_obvious_chain_writes_one_row_per_instruction_and_step(tmp_path: Path) -> None:
@@ -126,3 +128,37 @@ def test_projection_scales_a_measured_run_to_the_asked_size(
     assert result["generation"]["tokens"] == 4400.0
     assert result["generation"]["hours"] == 4400.0 / 100 / 3600
     assert result["training"]["tokens"] > 0
+
+
+def _workload(instructions: int, sigma: float = 0.0, cap: float | None = None) -> Workload:
+    return Workload(
+        instructions=instructions,
+        chain=((384, 1), (256, 1), (384, 1), (1, 4)),
+        slots=64,
+        concurrency=64,
+        median_s=0.25,
+        sigma=sigma,
+        cap=cap,
+        scale_tokens=384,
+    )
+
+
+def test_the_ceiling_of_one_chain_is_its_work_over_its_critical_path() -> None:
+    # constant delays: four judge queries at once take as long as one
+    work_s = 0.25 * (384 + 256 + 384 + 4) / 384
+    path_s = 0.25 * (384 + 256 + 384 + 1) / 384
+    assert simulate(_workload(1), seed=0) == pytest.approx(work_s / 64 / path_s)
+
+
+def test_the_ceiling_rises_with_the_run_and_falls_with_the_tail() -> None:
+    small, large = ceiling(_workload(200, 1.0, 4.0)), ceiling(_workload(2000, 1.0, 4.0))
+    assert small < large < 1.0
+    assert ceiling(_workload(2000, 1.0, None)) < large  # unbounded delays: a longer last answer
+    assert ceiling(_workload(2000)) > large  # no variance: only the chains' own steps idle
+
+
+def test_the_benchmark_simulates_the_chain_the_runner_sends() -> None:
+    config = client_overhead.runner_config("http://127.0.0.1:9", Path("i.jsonl"), concurrency=64)
+    levels = streaming_efficiency.chain_levels(config)
+    assert levels == ((384, 1), (256, 1), (384, 1), (1, 4))
+    assert sum(count for _, count in levels) == COMPLETIONS_PER_INSTRUCTION

@@ -33,7 +33,11 @@ class _Section(BaseModel):
 class EndpointConfig(_Section):
     url: str = Field(description="Base URL of a vLLM (OpenAI-compatible) server, without /v1.")
     concurrency: int = Field(
-        default=64, ge=1, description="Requests in flight at most: keep vLLM's batch full."
+        default=64,
+        ge=1,
+        description="Requests in flight at most: keep vLLM's batch full. Set it a little above "
+        "the server's batch (its max_num_seqs, e.g. 80 for 64) so the server's queue never "
+        "empties while the client turns an answer around (docs/benchmarks.md, item 2).",
     )
     api_key_env: str | None = Field(
         default="CAI_GENERATOR_API_KEY",

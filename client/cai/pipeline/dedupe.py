@@ -101,30 +101,50 @@ class DuplicateIndex:
         self._exact: dict[str, str] = {}
         self._shingles: dict[str, frozenset[int]] = {}
         self._bands: list[dict[tuple[int, ...], list[str]]] = [{} for _ in range(BANDS)]
+        self._last: tuple[str, tuple[str, frozenset[int], tuple[int, ...]]] | None = None
 
     def __len__(self) -> int:
         return len(self._shingles)
 
     def find(self, text: str) -> tuple[str, Match] | None:
-        norm = normalise(text)
+        norm, items, signature = self._measure(text)
         if norm in self._exact:
             return self._exact[norm], "exact"
-        items = shingles(norm)
         best: tuple[float, str] | None = None
-        for key in self._candidates(minhash(items)):
+        for key in self._candidates(signature):
             score = jaccard(items, self._shingles[key])
             if score >= self.threshold and (best is None or (score, key) > best):
                 best = (score, key)
         return (best[1], "near") if best else None
 
     def add(self, key: str, text: str) -> None:
-        norm = normalise(text)
+        norm, items, signature = self._measure(text)
         self._exact.setdefault(norm, key)
-        items = shingles(norm)
         self._shingles[key] = items
-        signature = minhash(items)
         for band, bucket in zip(self._bands, _band_keys(signature), strict=True):
             band.setdefault(bucket, []).append(key)
+
+    def near(self, text: str) -> set[str]:
+        """Every key whose text is exactly or nearly equal to `text` (>= threshold)."""
+        norm, items, signature = self._measure(text)
+        found = {self._exact[norm]} if norm in self._exact else set()
+        found.update(
+            key
+            for key in self._candidates(signature)
+            if jaccard(items, self._shingles[key]) >= self.threshold
+        )
+        return found
+
+    def _measure(self, text: str) -> tuple[str, frozenset[int], tuple[int, ...]]:
+        """Normalised text, shingles and signature; the last text's are kept, because callers
+        ask `find` (or `near`) and then `add` for the same text and minhash is the cost."""
+        if self._last is not None and self._last[0] == text:
+            return self._last[1]
+        norm = normalise(text)
+        items = shingles(norm)
+        measured = (norm, items, minhash(items))
+        self._last = (text, measured)
+        return measured
 
     def _candidates(self, signature: tuple[int, ...]) -> list[str]:
         found: dict[str, None] = {}
@@ -138,53 +158,97 @@ def _band_keys(signature: tuple[int, ...]) -> list[tuple[int, ...]]:
     return [signature[i * ROWS : (i + 1) * ROWS] for i in range(BANDS)]
 
 
+class NearDuplicateGroups:
+    """Connected components of "exactly or nearly equal" (at `threshold`), built as texts
+    arrive: each group is named by its smallest key. The components depend only on which
+    keys were added, not on their order (each pair of texts is compared once, whichever
+    comes second), so the pipeline can group pairs while it generates them and get at the
+    end what grouping them all at once would give."""
+
+    def __init__(self, threshold: float) -> None:
+        self._index = DuplicateIndex(threshold)
+        self._parent: dict[str, str] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._parent
+
+    def keys(self) -> set[str]:
+        return set(self._parent)
+
+    def add(self, key: str, text: str) -> None:
+        if key in self._parent:
+            return
+        self._parent[key] = key
+        for other in self._index.near(text):
+            a, b = self._root(key), self._root(other)
+            if a != b:
+                self._parent[max(a, b)] = min(a, b)
+        self._index.add(key, text)
+
+    def groups(self) -> dict[str, str]:
+        return {key: self._root(key) for key in sorted(self._parent)}
+
+    def _root(self, key: str) -> str:
+        parent = self._parent
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+
 def near_duplicate_groups(items: Iterable[tuple[str, str]], threshold: float) -> dict[str, str]:
     """Map each key to its group's representative (the smallest key in the group).
 
     Groups are the connected components of "exactly or nearly equal", so a chain of near
     duplicates ends in one group, whatever the order of `items`.
     """
-    ordered = sorted(items)
-    parent = {key: key for key, _ in ordered}
+    grouper = NearDuplicateGroups(threshold)
+    for key, text in sorted(items):
+        grouper.add(key, text)
+    return grouper.groups()
 
-    def root(key: str) -> str:
-        while parent[key] != key:
-            parent[key] = parent[parent[key]]
-            key = parent[key]
-        return key
 
-    index = DuplicateIndex(threshold)
-    for key, text in ordered:
-        norm = normalise(text)
-        items_ = shingles(norm)
-        linked = set()
-        if norm in index._exact:
-            linked.add(index._exact[norm])
-        for other in index._candidates(minhash(items_)):
-            if jaccard(items_, index._shingles[other]) >= threshold:
-                linked.add(other)
-        for other in linked:
-            a, b = root(key), root(other)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-        index.add(key, text)
-    return {key: root(key) for key, _ in ordered}
+class DiversityTally:
+    """`diversity` over texts added one at a time (by key, each counted once), so the
+    pipeline tallies records as it writes them instead of re-reading them all at the end."""
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()
+        self._normalised: set[str] = set()
+        self._unigrams: Counter[str] = Counter()
+        self._bigrams: Counter[tuple[str, str]] = Counter()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def keys(self) -> set[str]:
+        return set(self._keys)
+
+    def add(self, key: str, text: str) -> None:
+        if key in self._keys:
+            return
+        self._keys.add(key)
+        words = _WORD.findall(text.casefold())
+        self._unigrams.update(words)
+        self._bigrams.update(itertools.pairwise(words))
+        self._normalised.add(normalise(text))
+
+    def metrics(self) -> dict[str, float]:
+        """distinct-1 / distinct-2 (unique n-grams over all n-grams) and the unique-text ratio."""
+        if not self._keys:
+            return {"count": 0, "unique_ratio": 0.0, "distinct_1": 0.0, "distinct_2": 0.0}
+        total_1, total_2 = self._unigrams.total(), self._bigrams.total()
+        return {
+            "count": len(self._keys),
+            "unique_ratio": len(self._normalised) / len(self._keys),
+            "distinct_1": len(self._unigrams) / total_1 if total_1 else 0.0,
+            "distinct_2": len(self._bigrams) / total_2 if total_2 else 0.0,
+        }
 
 
 def diversity(texts: list[str]) -> dict[str, float]:
     """distinct-1 / distinct-2 (unique n-grams over all n-grams) and the unique-text ratio."""
-    if not texts:
-        return {"count": 0, "unique_ratio": 0.0, "distinct_1": 0.0, "distinct_2": 0.0}
-    unigrams: Counter[str] = Counter()
-    bigrams: Counter[tuple[str, str]] = Counter()
-    for text in texts:
-        words = _WORD.findall(text.casefold())
-        unigrams.update(words)
-        bigrams.update(itertools.pairwise(words))
-    total_1, total_2 = sum(unigrams.values()), sum(bigrams.values())
-    return {
-        "count": len(texts),
-        "unique_ratio": len({normalise(t) for t in texts}) / len(texts),
-        "distinct_1": len(unigrams) / total_1 if total_1 else 0.0,
-        "distinct_2": len(bigrams) / total_2 if total_2 else 0.0,
-    }
+    tally = DiversityTally()
+    for i, text in enumerate(texts):
+        tally.add(str(i), text)
+    return tally.metrics()

@@ -48,7 +48,7 @@ from cai.pipeline.config import (
     validate_config,
 )
 from cai.pipeline.constitution import load_constitution
-from cai.pipeline.dedupe import DuplicateIndex
+from cai.pipeline.dedupe import DiversityTally, DuplicateIndex, NearDuplicateGroups
 from cai.pipeline.endpoints import (
     CallStats,
     Endpoint,
@@ -166,6 +166,10 @@ class PipelineRunner:
         self._chains: set[asyncio.Task[None]] = set()
         self._chain_seq = 0
         self._labels = judgements.labels(self.templates["judge"])
+        # Built as records are written, so the end of the run (split, summary) does not
+        # re-measure every text while the generator sits idle.
+        self._groups = NearDuplicateGroups(config.split.group_threshold)
+        self._tallies = {"instructions": DiversityTally(), "responses": DiversityTally()}
         # Imported here: cai.evaluation builds on the pipeline's modules.
         from cai.evaluation.heldout import HeldoutGuard, load_heldout
 
@@ -199,7 +203,9 @@ class PipelineRunner:
                 task.cancel()
             self.store.close()
             self._end_session(manifest, session, started)
-        summary = summarise(self.run_dir, self.config, self.store, manifest, split_counts)
+        summary = summarise(
+            self.run_dir, self.config, self.store, manifest, split_counts, self._tallies
+        )
         manifest.counts = summary.counts
         manifest.skip_reasons = summary.skip_reasons
         manifest.failures = summary.failures
@@ -375,6 +381,14 @@ class PipelineRunner:
         self.store.files[step].append(record)
         self.counters.written[step] += 1
         self.progress.advance(step, record.status)
+        if record.status != "ok":
+            return
+        if step in self._tallies:
+            self._tallies[step].add(record.id, record.text)
+        elif step == "pairs":
+            instruction = self.store.files["instructions"].get(record.instruction_id)
+            if instruction is not None:
+                self._groups.add(instruction.id, instruction.text)
 
     # ---- instructions -------------------------------------------------------------------
 
@@ -548,6 +562,9 @@ class PipelineRunner:
             if record.status == "ok":
                 index.add(iid, text)
                 self._start_chain(record)
+                # Let the chain send its first request now: reading and de-duplicating the
+                # rest of a large file would otherwise keep the generator idle until the end.
+                await asyncio.sleep(0)
 
     # ---- chains -------------------------------------------------------------------------
 
@@ -843,6 +860,7 @@ class PipelineRunner:
             train_ratio=self.config.split.train_ratio,
             seed=derive_seed(self.config.seed, "split"),
             group_threshold=self.config.split.group_threshold,
+            grouper=self._groups,
         )
         rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
         for pid in sorted(made):

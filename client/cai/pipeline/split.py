@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 
-from cai.pipeline.dedupe import near_duplicate_groups
+from cai.pipeline.dedupe import NearDuplicateGroups
 
 
 def split_groups(
@@ -26,14 +26,21 @@ def split_groups(
     train_ratio: float,
     seed: int,
     group_threshold: float,
+    grouper: NearDuplicateGroups | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Return (pair id -> "train"/"test", instruction id -> group id).
 
     `pairs` maps pair id -> instruction id; `instruction_texts` maps instruction id -> text.
+    `grouper`: the groups of some of these instructions, built while the pairs were made
+    (the runner's); the rest are added to it. One holding any other instruction is not used:
+    an instruction without a pair could join two groups.
     """
-    groups = near_duplicate_groups(
-        ((iid, instruction_texts[iid]) for iid in sorted(set(pairs.values()))), group_threshold
-    )
+    wanted = set(pairs.values())
+    if grouper is None or not grouper.keys() <= wanted:
+        grouper = NearDuplicateGroups(group_threshold)
+    for iid in sorted(wanted):
+        grouper.add(iid, instruction_texts[iid])
+    groups = grouper.groups()
     members: dict[str, list[str]] = {}
     for pid in sorted(pairs):
         members.setdefault(groups[pairs[pid]], []).append(pid)

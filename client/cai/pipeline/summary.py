@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from cai.pipeline.config import PipelineConfig
-from cai.pipeline.dedupe import diversity
+from cai.pipeline.dedupe import DiversityTally
 from cai.pipeline.manifest import Manifest, StepTokens
 from cai.pipeline.records import STEPS
 from cai.pipeline.store import RunStore
@@ -52,7 +52,10 @@ def summarise(
     store: RunStore,
     manifest: Manifest,
     split_counts: dict[str, int],
+    tallies: dict[str, DiversityTally] | None = None,
 ) -> RunSummary:
+    """`tallies`: diversity of the ok instructions and responses, tallied by the runner as it
+    wrote them (records of earlier sessions are added here)."""
     counts: dict[str, Any] = {}
     failures: dict[str, dict[str, int]] = {}
     skips: Counter[str] = Counter()
@@ -75,7 +78,7 @@ def summarise(
     ok = {step: counts[step].get("ok", 0) for step in STEPS}
     funnel = [(step, ok[step]) for step in STEPS]
     funnel += [("train", split_counts.get("train", 0)), ("test", split_counts.get("test", 0))]
-    responses = [r.text for r in store.files["responses"].records.values() if r.status == "ok"]
+    responses = [r for r in store.files["responses"].records.values() if r.status == "ok"]
     return RunSummary(
         run_dir=str(run_dir),
         name=manifest.name,
@@ -87,8 +90,8 @@ def summarise(
         failures=failures,
         shortfall=shortfall,
         diversity={
-            "instructions": diversity([r.text for r in instructions]),
-            "responses": diversity(responses),
+            "instructions": _diversity(instructions, (tallies or {}).get("instructions")),
+            "responses": _diversity(responses, (tallies or {}).get("responses")),
         },
         tokens=manifest.tokens,
         wall_s=manifest.wall_s,
@@ -101,6 +104,16 @@ def summarise(
         test_rows=split_counts.get("test", 0),
         manifest_path=str(run_dir / "manifest.json"),
     )
+
+
+def _diversity(records: list[Any], tally: DiversityTally | None) -> dict[str, float]:
+    """Diversity of `records` (ok ones), from the runner's tally where it holds only them."""
+    keys = {r.id for r in records}
+    if tally is None or not tally.keys() <= keys:
+        tally = DiversityTally()
+    for record in records:
+        tally.add(record.id, record.text)
+    return tally.metrics()
 
 
 def _short(reason: str | None) -> str:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import random
 
-from cai.pipeline.dedupe import DuplicateIndex, diversity, near_duplicate_groups, normalise
+from cai.pipeline.dedupe import (
+    DiversityTally,
+    DuplicateIndex,
+    NearDuplicateGroups,
+    diversity,
+    near_duplicate_groups,
+    normalise,
+)
 
 
 def _variants(text: str, count: int, seed: int = 0) -> list[str]:
@@ -81,3 +88,56 @@ def test_diversity_reports_unique_ratio_and_distinct_n():
     assert report["distinct_1"] == 6 / 9
     assert report["distinct_2"] == 4 / 6
     assert diversity([])["count"] == 0
+
+
+def _mixed_texts() -> list[tuple[str, str]]:
+    rng = random.Random(3)
+    base = [
+        "List five fruits that are red.",
+        "How tall is Mount Everest?",
+        "Write a haiku about the sea.",
+        "Explain how a bicycle gear works.",
+    ]
+    items = []
+    for i in range(40):
+        text = rng.choice(base)
+        items.append((f"i{i:03d}", text.upper() if i % 3 else text + " " * (i % 4)))
+    words = ["river", "volcano", "bread", "chess", "owl", "cloud", "tram", "violin", "moss"]
+    for i in range(20):  # unlike each other and the four above
+        text = " ".join(rng.choice(words) + str(rng.randint(0, 999)) for _ in range(8))
+        items.append((f"u{i:03d}", text))
+    rng.shuffle(items)
+    return items
+
+
+def test_groups_built_one_text_at_a_time_equal_groups_built_at_once():
+    items = _mixed_texts()
+    grouper = NearDuplicateGroups(0.5)
+    for key, text in items:  # the order the pipeline writes pairs in, not sorted
+        grouper.add(key, text)
+        grouper.add(key, text)  # a key added twice counts once
+    assert grouper.groups() == near_duplicate_groups(items, 0.5)
+    assert len(set(grouper.groups().values())) == 4 + 20
+
+
+def test_a_diversity_tally_matches_diversity_of_the_list():
+    items = _mixed_texts()
+    tally = DiversityTally()
+    for key, text in items:
+        tally.add(key, text)
+    tally.add(items[0][0], "other text under a key already counted")
+    assert tally.metrics() == diversity([text for _, text in items])
+    assert DiversityTally().metrics()["count"] == 0
+
+
+def test_find_then_add_of_one_text_measures_it_once(monkeypatch):
+    import cai.pipeline.dedupe as dedupe
+
+    calls = []
+    original = dedupe.minhash
+    monkeypatch.setattr(dedupe, "minhash", lambda items: calls.append(1) or original(items))
+    index = DuplicateIndex(0.7)
+    assert index.find("What is the capital of France?") is None
+    index.add("q1", "What is the capital of France?")
+    assert len(calls) == 1
+    assert index.find("what is the capital of france") == ("q1", "exact")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cai.pipeline.dedupe import NearDuplicateGroups
 from cai.pipeline.pairs import decide
 from cai.pipeline.split import split_groups
 
@@ -97,3 +98,33 @@ def test_two_pairs_give_one_each_side():
     pairs = {f"{iid}.p": iid for iid in texts}
     split, _ = split_groups(pairs, texts, train_ratio=0.9, seed=0, group_threshold=0.5)
     assert sorted(split.values()) == ["test", "train"]
+
+
+def test_a_grouper_built_during_the_run_gives_the_same_split():
+    texts = _instructions(80)
+    for i in range(8):
+        texts[f"qa-9{i:04d}"] = texts[f"qa-{i:05d}"].upper()
+    pairs = {f"{iid}.p": iid for iid in texts}
+    expected = split_groups(pairs, texts, train_ratio=0.9, seed=2, group_threshold=0.5)
+    # the runner's grouper saw some of the pairs (the rest come from an earlier session)
+    grouper = NearDuplicateGroups(0.5)
+    for iid in list(texts)[::2]:
+        grouper.add(iid, texts[iid])
+    got = split_groups(pairs, texts, train_ratio=0.9, seed=2, group_threshold=0.5, grouper=grouper)
+    assert got == expected
+
+
+def test_a_grouper_holding_an_instruction_without_a_pair_is_not_used():
+    # "bridge" is near both of the others: with it, they would share a group
+    texts = {
+        "a": "red apples and green pears in the basket",
+        "b": "red apples and green pears in the bucket today",
+        "c": "blue whales sing in the cold northern sea",
+    }
+    pairs = {"a.p": "a", "c.p": "c"}
+    grouper = NearDuplicateGroups(0.5)
+    grouper.add("b", texts["b"])
+    _, groups = split_groups(
+        pairs, texts, train_ratio=0.5, seed=0, group_threshold=0.5, grouper=grouper
+    )
+    assert set(groups) == {"a", "c"}
