@@ -93,6 +93,12 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_EVERY_S = 5.0
+# Reading a file, the runner lets the chains it started send their first requests after the
+# first instruction and then every this many: the generator is busy at once instead of after
+# the whole file is de-duplicated (0.6 s for 2,858 instructions), and the event loop is not
+# woken for every line (yielding after each cost the client 15% of its completions/s;
+# docs/benchmarks.md, items 1 and 2).
+CHAINS_BETWEEN_YIELDS = 64
 
 
 class RunConfigMismatch(ValueError):
@@ -562,9 +568,8 @@ class PipelineRunner:
             if record.status == "ok":
                 index.add(iid, text)
                 self._start_chain(record)
-                # Let the chain send its first request now: reading and de-duplicating the
-                # rest of a large file would otherwise keep the generator idle until the end.
-                await asyncio.sleep(0)
+                if self._chain_seq % CHAINS_BETWEEN_YIELDS == 1:
+                    await asyncio.sleep(0)
 
     # ---- chains -------------------------------------------------------------------------
 
