@@ -214,10 +214,7 @@ def choose_optimizer(
         return "adamw_8bit", "adamw_8bit as requested"
     if device != "cuda" or free_bytes is None or processes > 1:
         return "adamw", "auto: fp32 AdamW (single GPU with tight memory only gets 8-bit moments)"
-    state = weight_bytes(shape, dtype, load_in_4bit) + lora_parameter_count(
-        shape, r
-    ) * trainable_state_bytes("adamw")
-    share = state / free_bytes
+    share = state_bytes(shape, r, dtype, load_in_4bit, "adamw") / free_bytes
     if share <= _EIGHT_BIT_STATE_SHARE:
         return "adamw", f"auto: fp32 AdamW (weights and LoRA state {share:.0%} of free memory)"
     if not eight_bit_usable:
@@ -244,6 +241,14 @@ def weight_bytes(shape: ModelShape, dtype: str, load_in_4bit: bool) -> int:
         # NF4 with double quantisation is ~0.5 byte a weight; embeddings and norms stay 16-bit.
         return int(shape.parameters * 0.6)
     return shape.parameters * (4 if dtype == "float32" else 2)
+
+
+def state_bytes(shape: ModelShape, r: int, dtype: str, load_in_4bit: bool, optimizer: str) -> int:
+    """What a job holds whatever its batch: the base weights and the LoRA parameters with
+    their gradients and optimizer state."""
+    return weight_bytes(shape, dtype, load_in_4bit) + lora_parameter_count(
+        shape, r
+    ) * trainable_state_bytes(optimizer)
 
 
 def activation_bytes_per_token(
@@ -312,9 +317,7 @@ def plan_memory(
             reason="cpu: fixed micro-batch, no checkpointing",
         )
 
-    state = weight_bytes(shape, dtype, load_in_4bit) + (
-        lora_parameter_count(shape, r) * trainable_state_bytes(optimizer)
-    )
+    state = state_bytes(shape, r, dtype, load_in_4bit, optimizer)
     fixed = state + _FIXED_OVERHEAD_BYTES
     budget = int(free_bytes * _MEMORY_SHARE) - fixed
     tokens_per_pair = 2 * max(1, longest_pair_tokens)
