@@ -18,10 +18,11 @@ workload's tail" or "the client", not a guess.
 from __future__ import annotations
 
 import heapq
-import math
 import random
 from collections import deque
 from dataclasses import dataclass
+
+from tests.support.stub_generator import lognormal_delay
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,8 @@ class Workload:
 
 
 def draw_delay(rng: random.Random, work: Workload, max_tokens: int) -> float:
-    """As the stub draws it (tests/support/stub_generator.py, `lognormal:MEDIAN:SIGMA[:CAP]`)."""
-    base = work.median_s * math.exp(work.sigma * rng.gauss(0.0, 1.0))
-    if work.cap is not None:
-        base = min(base, work.cap * work.median_s)
+    """As the stub draws it: its log-normal law, scaled by the request's max_tokens."""
+    base = lognormal_delay(rng, work.median_s, work.sigma, work.cap)
     return base * max_tokens / work.scale_tokens
 
 

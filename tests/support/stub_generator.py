@@ -167,6 +167,13 @@ def apply_stop(text: str, stop: list[str]) -> tuple[str, str | None]:
     return text[:cut], which
 
 
+def lognormal_delay(rng: random.Random, median: float, sigma: float, cap: float | None) -> float:
+    """One draw of `--delay lognormal:MEDIAN:SIGMA[:CAP]`, before scaling by max_tokens (also
+    what bench/streaming_ceiling.py simulates)."""
+    base = median * math.exp(sigma * rng.gauss(0.0, 1.0))
+    return min(base, cap * median) if cap is not None else base
+
+
 class Stub:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -197,9 +204,7 @@ class Stub:
             # lognormal:MEDIAN:SIGMA[:CAP]: CAP bounds a delay at CAP x MEDIAN, as max_tokens
             # bounds a real generation (a server cannot write past it).
             median, sigma, *cap = (float(x) for x in rest.split(":"))
-            base = median * math.exp(sigma * self.delay_rng.gauss(0.0, 1.0))
-            if cap:
-                base = min(base, cap[0] * median)
+            base = lognormal_delay(self.delay_rng, median, sigma, cap[0] if cap else None)
         else:
             raise SystemExit(f"unknown --delay {self.args.delay!r}")
         if self.args.delay_scale_tokens:
