@@ -19,8 +19,8 @@ import re
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Callable, Iterable
+from typing import Literal, TypeVar
 
 SHINGLE = 5
 PERMUTATIONS = 64
@@ -169,9 +169,6 @@ class NearDuplicateGroups:
         self._index = DuplicateIndex(threshold)
         self._parent: dict[str, str] = {}
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._parent
-
     def keys(self) -> set[str]:
         return set(self._parent)
 
@@ -196,6 +193,23 @@ class NearDuplicateGroups:
         return key
 
 
+Built = TypeVar("Built", "NearDuplicateGroups", "DiversityTally")
+
+
+def completed(
+    built: Built | None, make: Callable[[], Built], items: Iterable[tuple[str, str]]
+) -> Built:
+    """`built` (made while a run wrote its records) with the rest of `items` (key, text)
+    added, e.g. records of an earlier session. One holding a key outside `items` is set
+    aside for a new one from `make`: an extra text could join two groups or skew a tally."""
+    wanted = dict(items)
+    if built is None or not built.keys() <= wanted.keys():
+        built = make()
+    for key in sorted(wanted):
+        built.add(key, wanted[key])
+    return built
+
+
 def near_duplicate_groups(items: Iterable[tuple[str, str]], threshold: float) -> dict[str, str]:
     """Map each key to its group's representative (the smallest key in the group).
 
@@ -217,9 +231,6 @@ class DiversityTally:
         self._normalised: set[str] = set()
         self._unigrams: Counter[str] = Counter()
         self._bigrams: Counter[tuple[str, str]] = Counter()
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
 
     def keys(self) -> set[str]:
         return set(self._keys)

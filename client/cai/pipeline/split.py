@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 
-from cai.pipeline.dedupe import NearDuplicateGroups
+from cai.pipeline.dedupe import NearDuplicateGroups, completed
 
 
 def split_groups(
@@ -35,12 +35,11 @@ def split_groups(
     (the runner's); the rest are added to it. One holding any other instruction is not used:
     an instruction without a pair could join two groups.
     """
-    wanted = set(pairs.values())
-    if grouper is None or not grouper.keys() <= wanted:
-        grouper = NearDuplicateGroups(group_threshold)
-    for iid in sorted(wanted):
-        grouper.add(iid, instruction_texts[iid])
-    groups = grouper.groups()
+    groups = completed(
+        grouper,
+        lambda: NearDuplicateGroups(group_threshold),
+        ((iid, instruction_texts[iid]) for iid in set(pairs.values())),
+    ).groups()
     members: dict[str, list[str]] = {}
     for pid in sorted(pairs):
         members.setdefault(groups[pairs[pid]], []).append(pid)

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from cai.pipeline.config import PipelineConfig
-from cai.pipeline.dedupe import DiversityTally
+from cai.pipeline.dedupe import DiversityTally, completed
 from cai.pipeline.manifest import Manifest, StepTokens
 from cai.pipeline.records import STEPS
 from cai.pipeline.store import RunStore
@@ -108,12 +108,7 @@ def summarise(
 
 def _diversity(records: list[Any], tally: DiversityTally | None) -> dict[str, float]:
     """Diversity of `records` (ok ones), from the runner's tally where it holds only them."""
-    keys = {r.id for r in records}
-    if tally is None or not tally.keys() <= keys:
-        tally = DiversityTally()
-    for record in records:
-        tally.add(record.id, record.text)
-    return tally.metrics()
+    return completed(tally, DiversityTally, ((r.id, r.text) for r in records)).metrics()
 
 
 def _short(reason: str | None) -> str:
