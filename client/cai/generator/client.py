@@ -17,9 +17,7 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 from pydantic import ValidationError
@@ -40,6 +38,7 @@ from cai.generator.types import (
     ModelCard,
     ModelList,
 )
+from cai.http import BearerHttpClient, Sleep
 from cai.retry import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -48,10 +47,8 @@ logger = logging.getLogger(__name__)
 # restarting or briefly failing. Other 4xx are the caller's mistake and fail at once.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
-Sleep = Callable[[float], Awaitable[None]]
 
-
-class GeneratorClient:
+class GeneratorClient(BearerHttpClient):
     """Typed async client of one generator endpoint.
 
     Args:
@@ -78,38 +75,18 @@ class GeneratorClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
         if backoff < 0:
             raise ValueError("backoff must be >= 0")
-        self.base_url = base_url.rstrip("/")
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self._sleep = sleep
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
             transport=transport,
+            sleep=sleep,
+            max_connections=max_connections,
         )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # ---- completions -------------------------------------------------------------------
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from cai.http import BearerHttpClient, Sleep
 from cai.retry import backoff_delay
 from cai.trainer.errors import (
     JobNotSucceeded,
@@ -44,12 +44,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8100"
 UPLOAD_CHUNK = 1 << 20
-Sleep = Callable[[float], Awaitable[None]]
 M = TypeVar("M", bound=BaseModel)
 _SPEC: TypeAdapter[DpoJobSpec | MergeJobSpec] = TypeAdapter(JobSpec)
 
 
-class TrainerClient:
+class TrainerClient(BearerHttpClient):
     """Typed async client of one trainer.
 
     Args:
@@ -75,33 +74,15 @@ class TrainerClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        self.base_url = base_url.rstrip("/")
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self._sleep = sleep
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
             transport=transport,
+            sleep=sleep,
         )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # ---- service ------------------------------------------------------------------------
 
