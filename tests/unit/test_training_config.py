@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from trl import DPOConfig
@@ -55,6 +56,20 @@ QWEN_32B = ModelShape(
     head_dim=128,
 )
 H100_FREE = 78 * GIB
+
+
+def gpu_plan(shape: ModelShape, free: int, longest: int, **choices: Any) -> MemoryPlan:
+    """A plan on CUDA in bf16 with r 64 and Liger on: what most tests vary one thing of."""
+    kwargs: dict[str, Any] = {"use_liger_kernel": True} | choices
+    return plan_memory(
+        shape,
+        device="cuda",
+        free_bytes=free,
+        longest_pair_tokens=longest,
+        r=64,
+        dtype="bfloat16",
+        **kwargs,
+    )
 
 
 def spec(**dpo: object) -> DpoJobSpec:
@@ -204,15 +219,7 @@ def test_cpu_plan_is_two_pairs_without_checkpointing() -> None:
 
 
 def test_7b_on_an_h100_trains_without_checkpointing_and_a_bigger_batch_than_trl() -> None:
-    plan = plan_memory(
-        QWEN_7B,
-        device="cuda",
-        free_bytes=H100_FREE,
-        longest_pair_tokens=900,
-        r=64,
-        dtype="bfloat16",
-        use_liger_kernel=True,
-    )
+    plan = gpu_plan(QWEN_7B, H100_FREE, 900)
     assert plan.gradient_checkpointing is False
     assert plan.micro_batch >= 4
     assert plan.estimated_peak_bytes is not None and plan.estimated_peak_bytes < H100_FREE
@@ -220,30 +227,13 @@ def test_7b_on_an_h100_trains_without_checkpointing_and_a_bigger_batch_than_trl(
 
 def test_measured_7b_point_is_reproduced() -> None:
     # notes/trl-peft.md: batch 8 of 2 x 512 tokens without checkpointing peaked at 58 GB.
-    plan = plan_memory(
-        QWEN_7B,
-        device="cuda",
-        free_bytes=H100_FREE,
-        longest_pair_tokens=512,
-        r=64,
-        dtype="bfloat16",
-        use_liger_kernel=True,
-        requested_micro_batch=8,
-    )
+    plan = gpu_plan(QWEN_7B, H100_FREE, 512, requested_micro_batch=8)
     assert plan.estimated_peak_bytes is not None
     assert 52e9 < plan.estimated_peak_bytes < 66e9
 
 
 def test_32b_on_an_h100_needs_checkpointing_and_still_fits() -> None:
-    plan = plan_memory(
-        QWEN_32B,
-        device="cuda",
-        free_bytes=H100_FREE,
-        longest_pair_tokens=900,
-        r=64,
-        dtype="bfloat16",
-        use_liger_kernel=True,
-    )
+    plan = gpu_plan(QWEN_32B, H100_FREE, 900)
     assert plan.gradient_checkpointing is True
     # The fixed cost is most of the card: the checkpointed plan keeps a fixed margin below
     # the free memory instead of 12% of it, so more than one pair fits (it used to be 1).
@@ -255,15 +245,7 @@ def test_measured_32b_point_is_reproduced() -> None:
     # docs/benchmarks.md section 3: H100, 84.47 GB free, longest pair 734 tokens, 4 pairs
     # with checkpointing peaked at 77.9 GB allocated (1,182 tokens/s; 1 pair gave 450).
     free = 84_465_090_560
-    plan = plan_memory(
-        QWEN_32B,
-        device="cuda",
-        free_bytes=free,
-        longest_pair_tokens=734,
-        r=64,
-        dtype="bfloat16",
-        use_liger_kernel=True,
-    )
+    plan = gpu_plan(QWEN_32B, free, 734)
     assert plan.gradient_checkpointing is True
     assert plan.micro_batch == 4
     assert plan.estimated_peak_bytes is not None
@@ -272,15 +254,7 @@ def test_measured_32b_point_is_reproduced() -> None:
 
 
 def test_checkpointed_plan_still_refuses_what_does_not_fit() -> None:
-    plan = plan_memory(
-        QWEN_32B,
-        device="cuda",
-        free_bytes=72 * GIB,
-        longest_pair_tokens=900,
-        r=64,
-        dtype="bfloat16",
-        use_liger_kernel=True,
-    )
+    plan = gpu_plan(QWEN_32B, 72 * GIB, 900)
     assert plan.gradient_checkpointing is True
     assert plan.micro_batch == 1
     assert "estimated capacity 0" in plan.reason
@@ -290,40 +264,17 @@ def test_without_liger_the_plan_sizes_for_more_activations() -> None:
     # The plan used to assume Liger: with it off it chose 7 pairs at 7B and ran out of
     # memory on step 1.
     def plan(liger: bool, micro: int | None = None) -> MemoryPlan:
-        return plan_memory(
-            QWEN_7B,
-            device="cuda",
-            free_bytes=H100_FREE,
-            longest_pair_tokens=900,
-            r=64,
-            dtype="bfloat16",
-            use_liger_kernel=liger,
-            requested_micro_batch=micro,
+        return gpu_plan(
+            QWEN_7B, H100_FREE, 900, use_liger_kernel=liger, requested_micro_batch=micro
         )
 
     assert plan(False).micro_batch < plan(True).micro_batch
     assert "no Liger" in plan(False).reason
     # notes/trl-peft.md: batch 8 of 2 x 512 tokens, no checkpointing: 69 GB without Liger,
     # 58 GB with. The model keeps the 11 GB difference.
-    with_liger = plan_memory(
-        QWEN_7B,
-        device="cuda",
-        free_bytes=H100_FREE,
-        longest_pair_tokens=512,
-        r=64,
-        dtype="bfloat16",
-        use_liger_kernel=True,
-        requested_micro_batch=8,
-    ).estimated_peak_bytes
-    without = plan_memory(
-        QWEN_7B,
-        device="cuda",
-        free_bytes=H100_FREE,
-        longest_pair_tokens=512,
-        r=64,
-        dtype="bfloat16",
-        use_liger_kernel=False,
-        requested_micro_batch=8,
+    with_liger = gpu_plan(QWEN_7B, H100_FREE, 512, requested_micro_batch=8).estimated_peak_bytes
+    without = gpu_plan(
+        QWEN_7B, H100_FREE, 512, use_liger_kernel=False, requested_micro_batch=8
     ).estimated_peak_bytes
     assert with_liger is not None and without is not None
     assert 9e9 < without - with_liger < 13e9
@@ -350,60 +301,26 @@ def test_lora_input_cast_is_switched_off_in_every_lora_layer(tiny_model: Path) -
 
 
 def test_short_rows_on_a_big_card_hit_the_batch_cap() -> None:
-    plan = plan_memory(
-        QWEN_7B,
-        device="cuda",
-        free_bytes=H100_FREE,
-        longest_pair_tokens=64,
-        r=64,
-        dtype="bfloat16",
-        use_liger_kernel=True,
-    )
+    plan = gpu_plan(QWEN_7B, H100_FREE, 64)
     assert plan.micro_batch == MAX_AUTO_MICRO_BATCH
     assert plan.gradient_checkpointing is False
 
 
 def test_less_memory_means_a_smaller_batch() -> None:
     def micro(free: int) -> int:
-        return plan_memory(
-            QWEN_7B,
-            device="cuda",
-            free_bytes=free,
-            longest_pair_tokens=900,
-            r=64,
-            dtype="bfloat16",
-            use_liger_kernel=True,
-        ).micro_batch
+        return gpu_plan(QWEN_7B, free, 900).micro_batch
 
     assert micro(40 * GIB) < micro(78 * GIB)
 
 
 def test_explicit_choices_win_over_the_plan() -> None:
-    plan = plan_memory(
-        QWEN_7B,
-        device="cuda",
-        free_bytes=H100_FREE,
-        longest_pair_tokens=900,
-        r=64,
-        dtype="bfloat16",
-        use_liger_kernel=True,
-        requested_micro_batch=3,
-        requested_checkpointing=True,
-    )
+    plan = gpu_plan(QWEN_7B, H100_FREE, 900, requested_micro_batch=3, requested_checkpointing=True)
     assert plan.micro_batch == 3
     assert plan.gradient_checkpointing is True
 
 
 def test_precompute_pass_uses_a_bigger_batch_on_gpu() -> None:
-    plan = plan_memory(
-        QWEN_7B,
-        device="cuda",
-        free_bytes=H100_FREE,
-        longest_pair_tokens=900,
-        r=64,
-        dtype="bfloat16",
-        use_liger_kernel=True,
-    )
+    plan = gpu_plan(QWEN_7B, H100_FREE, 900)
     assert plan.precompute_ref_batch_size == min(4 * plan.micro_batch, 64)
 
 
@@ -521,16 +438,7 @@ def test_explicit_adamw_wins_over_auto() -> None:
 
 def test_8bit_moments_leave_more_room_at_32b() -> None:
     def peak(optimizer: str) -> int:
-        plan = plan_memory(
-            QWEN_32B,
-            device="cuda",
-            free_bytes=MEASURED_H100_FREE,
-            longest_pair_tokens=734,
-            r=64,
-            dtype="bfloat16",
-            use_liger_kernel=True,
-            optimizer=optimizer,
-        )
+        plan = gpu_plan(QWEN_32B, MEASURED_H100_FREE, 734, optimizer=optimizer)
         assert plan.micro_batch == MAX_CHECKPOINTED_MICRO_BATCH
         assert plan.estimated_peak_bytes is not None
         return plan.estimated_peak_bytes
