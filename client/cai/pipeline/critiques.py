@@ -7,10 +7,10 @@ prompt = build_prompt(template, pool, instruction, response, principle, few_shot
 from __future__ import annotations
 
 from cai.pipeline.constitution import Constitution, Principle
-from cai.pipeline.prompts import Template, join_blocks
+from cai.pipeline.prompts import Template, few_shot_prompt
 from cai.pipeline.records import derive_seed
 from cai.pipeline.responses import parse as parse_text
-from cai.pipeline.seeds import SeedPool
+from cai.pipeline.seeds import CritiqueExample, SeedPool
 
 
 def pick_principle(
@@ -30,26 +30,26 @@ def build_prompt(
     *,
     few_shot: int,
 ) -> str:
-    blocks = [template.render("preamble")] if few_shot else []
-    for example in pool.critique_examples[:few_shot]:
-        blocks.append(
-            template.render(
-                "example",
-                instruction=example.instruction,
-                response=example.response,
-                critique_request=principle_request(constitution, example.principle, "critique"),
-                critique=example.critique,
-            )
-        )
-    blocks.append(
-        template.render(
-            "query",
-            instruction=instruction,
-            response=response,
-            critique_request=principle.critique_request,
-        )
+    examples = [
+        critique_example(constitution, example) for example in pool.critique_examples[:few_shot]
+    ]
+    query = template.render(
+        "query",
+        instruction=instruction,
+        response=response,
+        critique_request=principle.critique_request,
     )
-    return join_blocks(blocks)
+    return few_shot_prompt(template, examples, query, preamble=bool(few_shot))
+
+
+def critique_example(constitution: Constitution, example: CritiqueExample) -> dict[str, str]:
+    """A seed example's fields as the critique template's `example` section takes them."""
+    return {
+        "instruction": example.instruction,
+        "response": example.response,
+        "critique_request": principle_request(constitution, example.principle, "critique"),
+        "critique": example.critique,
+    }
 
 
 def principle_request(constitution: Constitution, principle_id: str, kind: str) -> str:

@@ -116,3 +116,14 @@ def load_template(name: str, directory: Path | None = None) -> Template:
 
 def join_blocks(blocks: list[str]) -> str:
     return BLOCK_JOINER.join(block for block in blocks if block)
+
+
+def few_shot_prompt(
+    template: Template, examples: list[dict[str, str]], query: str, *, preamble: bool
+) -> str:
+    """The layout every few-shot step sends: the preamble (when asked), each example's
+    `example` section rendered with its fields, then the query."""
+    blocks = [template.render("preamble")] if preamble else []
+    blocks += [template.render("example", **fields) for fields in examples]
+    blocks.append(query)
+    return join_blocks(blocks)

@@ -11,7 +11,7 @@ format and the generation format cannot drift apart.
 
 from __future__ import annotations
 
-from cai.pipeline.prompts import Template, join_blocks
+from cai.pipeline.prompts import Template, few_shot_prompt
 from cai.pipeline.records import InstructionType
 from cai.pipeline.seeds import SeedPool
 
@@ -31,15 +31,13 @@ def build_prompt(
 ) -> tuple[str, list[int]]:
     examples = pool.types[kind].examples
     shown = pool.sample_indices(len(examples), few_shot, seed) if few_shot else []
-    blocks = [template.render("preamble")] if shown else []
-    blocks += [
-        template.render(
-            "example", instruction=examples[i].instruction, response=examples[i].response
-        )
-        for i in shown
+    fields = [
+        {"instruction": examples[i].instruction, "response": examples[i].response} for i in shown
     ]
-    blocks.append(pair_prompt(template, instruction))
-    return join_blocks(blocks), shown
+    prompt = few_shot_prompt(
+        template, fields, pair_prompt(template, instruction), preamble=bool(shown)
+    )
+    return prompt, shown
 
 
 def parse(text: str, stop: list[str] | tuple[str, ...] = ()) -> str:

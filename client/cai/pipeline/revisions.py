@@ -7,8 +7,8 @@ prompt = build_prompt(template, pool, constitution, instruction, response, criti
 from __future__ import annotations
 
 from cai.pipeline.constitution import Constitution, Principle
-from cai.pipeline.critiques import principle_request
-from cai.pipeline.prompts import Template, join_blocks
+from cai.pipeline.critiques import critique_example, principle_request
+from cai.pipeline.prompts import Template, few_shot_prompt
 from cai.pipeline.responses import parse as parse_text
 from cai.pipeline.seeds import SeedPool
 
@@ -24,30 +24,23 @@ def build_prompt(
     *,
     few_shot: int,
 ) -> str:
-    blocks = [template.render("preamble")] if few_shot else []
-    for example in pool.critique_examples[:few_shot]:
-        blocks.append(
-            template.render(
-                "example",
-                instruction=example.instruction,
-                response=example.response,
-                critique_request=principle_request(constitution, example.principle, "critique"),
-                critique=example.critique,
-                revision_request=principle_request(constitution, example.principle, "revision"),
-                revision=example.revision,
-            )
-        )
-    blocks.append(
-        template.render(
-            "query",
-            instruction=instruction,
-            response=response,
-            critique_request=principle.critique_request,
-            critique=critique,
-            revision_request=principle.revision_request,
-        )
+    examples = [
+        critique_example(constitution, example)
+        | {
+            "revision_request": principle_request(constitution, example.principle, "revision"),
+            "revision": example.revision,
+        }
+        for example in pool.critique_examples[:few_shot]
+    ]
+    query = template.render(
+        "query",
+        instruction=instruction,
+        response=response,
+        critique_request=principle.critique_request,
+        critique=critique,
+        revision_request=principle.revision_request,
     )
-    return join_blocks(blocks)
+    return few_shot_prompt(template, examples, query, preamble=bool(few_shot))
 
 
 def parse(text: str, stop: list[str] | tuple[str, ...] = ()) -> str:
