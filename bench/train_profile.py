@@ -5,8 +5,9 @@
 
 Runs `services.trainer.jobs.dpo.run_dpo` (random weights, as in train-throughput) with its
 trainer class wrapped so that each training step and each reference pre-pass batch is timed
-(synchronised), and steps PROFILE_STEPS are profiled. Prints the top kernels by GPU time,
-the step times and a bf16 matmul ceiling measured on the same card. Needs a CUDA device.
+(synchronised), and steps PROFILE_STEPS and pre-pass batches PROFILE_PREPASS_BATCHES are
+profiled. Prints the top kernels by GPU time, the step and pre-pass batch times and a bf16
+matmul ceiling measured on the same card. Needs a CUDA device.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bench.train_throughput import NO_ACCELERATOR, _prepare, apply_proposed_fixe
 logger = logging.getLogger(__name__)
 
 PROFILE_STEPS = (6, 8)  # first and last profiled step (after warm-up)
+PROFILE_PREPASS_BATCHES = (1, 1)  # the second pre-pass batch (the first warms up kernels)
 
 
 def _matmul_ceiling() -> float:
@@ -81,6 +83,7 @@ def main(argv: list[str]) -> int:
     steps: list[tuple[float, int]] = []
     prepass: list[tuple[float, int]] = []
     tables: list[str] = []
+    prepass_tables: list[str] = []
     make_original = dpo._make_trainer_class
 
     def make_profiled() -> Any:
@@ -107,11 +110,23 @@ def main(argv: list[str]) -> int:
                 return out
 
             def compute_ref_log_probs(self, model: Any, inputs: Any) -> Any:
+                batch = len(prepass)
+                if batch == PROFILE_PREPASS_BATCHES[0]:
+                    self._prepass_prof = profile(
+                        activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]
+                    )
+                    self._prepass_prof.__enter__()
                 torch.cuda.synchronize()
                 started = time.monotonic()
                 out = super().compute_ref_log_probs(model, inputs)
                 torch.cuda.synchronize()
                 prepass.append((time.monotonic() - started, int(inputs["input_ids"].numel())))
+                if batch == PROFILE_PREPASS_BATCHES[1]:
+                    prof = self._prepass_prof
+                    prof.__exit__(None, None, None)
+                    prepass_tables.append(
+                        prof.key_averages().table(sort_by="self_device_time_total", row_limit=30)
+                    )
                 return out
 
         return Profiled
@@ -146,13 +161,22 @@ def main(argv: list[str]) -> int:
         "prepass_seconds": result["metrics"]["reference_prepass_seconds"],
         "prepass_batches_seconds": sum(s for s, _ in prepass),
         "prepass_positions_per_second": sum(n for _, n in prepass) / sum(s for s, _ in prepass),
+        "prepass_batches": [{"seconds": s, "positions": n} for s, n in prepass],
         "training_step_median_seconds": statistics.median(s for s, _ in warm),
         "training_positions_per_second": sum(n for _, n in warm) / step_s,
         "training_steps_seconds": sum(s for s, _ in steps),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "profile.json").write_text(json.dumps(summary, indent=1))
-    (args.out / "profile.txt").write_text("\n\n".join(tables))
-    print("\n\n".join(tables))
+    report = "\n\n".join(
+        [
+            f"training steps {PROFILE_STEPS}",
+            *tables,
+            f"pre-pass batches {PROFILE_PREPASS_BATCHES}",
+            *prepass_tables,
+        ]
+    )
+    (args.out / "profile.txt").write_text(report)
+    print(report)
     print(json.dumps(summary, indent=1))
     return 0
