@@ -11,6 +11,7 @@ adapter learned the preference, not the rows.
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,55 @@ def test_progress_is_emitted_for_every_step_from_first_to_last(trained: dict[str
     assert last.tokens_per_second is not None and last.tokens_per_second > 0
     assert {"rewards/margins", "rewards/accuracies"} <= set(last.metrics)
     assert events[0].step == 0 and events[0].total_steps == total
+
+
+def test_the_first_step_sees_a_reference_equal_to_the_policy(trained: dict[str, Any]) -> None:
+    # LoRA B starts at zero, so before the first update the policy is the reference: the
+    # precomputed reference log-probs must reproduce the policy's, loss ln 2, margin 0.
+    first = next(e for e in trained["events"] if "loss" in e.metrics)
+    assert first.step == 1
+    assert first.metrics["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert first.metrics["rewards/margins"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_liger_kernels_are_in_place_before_the_reference_pre_pass(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Trainer applies Liger in `train()`, after TRL's constructor has run the pre-pass;
+    the job patches first, so that reference and policy come from the same kernels (on an
+    H200 the first step was 0.635-0.746 instead of ln 2 without it). Liger needs CUDA, so
+    the patching is recorded here rather than done."""
+    import transformers.integrations.liger as liger_integration
+    import transformers.trainer as hf_trainer
+
+    from services.trainer.jobs import dpo
+
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    def record_liger(model: Any, config: dict[str, Any]) -> None:
+        events.append(("liger", dict(config)))
+
+    monkeypatch.setattr(dpo, "use_liger_kernel", lambda device, importable: True)
+    monkeypatch.setattr(liger_integration, "apply_liger_kernel", record_liger)
+    monkeypatch.setattr(hf_trainer, "apply_liger_kernel", record_liger)
+    make_trainer_class = dpo._make_trainer_class
+
+    def recording_trainer_class() -> Any:
+        class Recording(make_trainer_class()):  # type: ignore[misc]
+            def compute_ref_log_probs(self, model: Any, inputs: Any) -> Any:
+                events.append(("pre-pass batch", {}))
+                return super().compute_ref_log_probs(model, inputs)
+
+        return Recording
+
+    monkeypatch.setattr(dpo, "_make_trainer_class", recording_trainer_class)
+    train = write_jsonl(tmp_path / "train.jsonl", preference_rows(8, seed=3))
+    run_dpo(tiny_spec(num_train_epochs=1), make_context(tmp_path / "job", tiny_model, train))
+
+    kinds = [kind for kind, _ in events]
+    assert "pre-pass batch" in kinds
+    assert kinds[: kinds.index("pre-pass batch")] == ["liger"]
+    assert all(config["fused_linear_cross_entropy"] is False for _, config in events[:1])
 
 
 def test_heldout_pair_accuracy_beats_the_base(trained: dict[str, Any]) -> None:

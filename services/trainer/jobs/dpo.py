@@ -168,6 +168,24 @@ def disable_lora_input_cast(model: Any) -> int:
     return switched
 
 
+def apply_liger_before_prepass(model: Any, args: Any) -> None:
+    """Patch the model with the Liger kernels before the trainer is built.
+
+    The Trainer applies them only in `train()`, after TRL's constructor has run the reference
+    pre-pass: the precomputed reference log-probs then came from the stock RMSNorm, SwiGLU and
+    RoPE and the policy's from Liger's, and at step 1, where policy and reference are the same
+    model, the loss was 0.635-0.746 instead of ln 2 (sums of a few hundred bf16 per-token
+    values differ by about a nat between the two). Patched first, both passes use the same
+    kernels and step 1 gives 0.6931, margin 0.0000 (H200, docs/benchmarks.md "Loss curves");
+    `train()` patching again changes nothing. The config is the one TRL hands the Trainer.
+    """
+    from transformers.integrations.liger import apply_liger_kernel
+
+    apply_liger_kernel(
+        model, {**(args.liger_kernel_config or {}), "fused_linear_cross_entropy": False}
+    )
+
+
 @contextlib.contextmanager
 def _no_weight_hashing(key: str) -> Iterator[None]:
     """Skip TRL's fingerprint of the reference weights while the trainer is built.
@@ -325,6 +343,8 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
         # (the previous stage) is the reference and the `default` copy is trained.
         model = PeftModel.from_pretrained(model, str(parent), is_trainable=True)
 
+    if choices.use_liger_kernel:
+        apply_liger_before_prepass(model, args)
     progress = ProgressCallback(ctx.emit)
     trainer_class = _make_trainer_class()
     started = time.monotonic()
