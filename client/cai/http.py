@@ -39,6 +39,8 @@ class BearerHttpClient:
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if backoff < 0:
+            raise ValueError("backoff must be >= 0")
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.backoff = backoff

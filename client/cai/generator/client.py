@@ -75,8 +75,6 @@ class GeneratorClient(BearerHttpClient):
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if backoff < 0:
-            raise ValueError("backoff must be >= 0")
         super().__init__(
             base_url,
             api_key=api_key,
