@@ -333,7 +333,8 @@ def test_length_grouped_batches_cover_every_row_once_with_little_padding(
 ) -> None:
     # Cut into consecutive runs of `batch`, as the Trainer's batch sampler does: row counts
     # that are not a multiple of the batch size used to misalign every cut after the short
-    # group (900 rows at 8 or 11: 1.2-1.4x the padding of 900 at 4).
+    # group (these lengths: 1.10, 1.27 and 1.17 padded positions a token at 8, 11 and 14,
+    # against 1.02 now).
     rng = random.Random(0)
     lengths = [rng.randint(70, 900) for _ in range(rows)]
     order = length_grouped_indices(lengths, batch, random.Random(1))
@@ -341,8 +342,7 @@ def test_length_grouped_batches_cover_every_row_once_with_little_padding(
     batches = [order[i : i + batch] for i in range(0, rows, batch)]
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert padded < 1.1 * sum(lengths)
-    whole = [b for b in batches if len(b) == batch]
-    assert max(lengths[i] for i in batches[0]) == max(lengths[i] for b in whole for i in b)
+    assert max(lengths[i] for i in batches[0]) == max(lengths)
 
 
 def test_the_one_short_group_comes_last_and_holds_the_shortest_rows_of_its_megabatch() -> None:
