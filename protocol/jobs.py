@@ -3,6 +3,13 @@
 A job spec is data (YAML recipes validate into it); every field documents its default and
 why. The trainer turns a `DpoJobSpec` into TRL's `DPOConfig` and PEFT's `LoraConfig` and
 stores the effective configs with the job and the adapter.
+
+Numbers are finite (`Infinity` and `NaN` are refused: `allow_inf_nan=False` on every model)
+and every number of a spec has an upper bound, stated with its reason in the field's
+description: each stands far past any useful run, where a larger value would do harm (hold
+the only worker for years, saturate or overflow the loss, train an adapter vLLM cannot
+serve). A spec inside the bounds can still be too big as a whole: the trainer also refuses
+a job whose estimated steps exceed its ceiling (CAI_TRAINER_MAX_JOB_STEPS).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocol.names import SafeName
 
@@ -24,24 +31,99 @@ QWEN_PROJECTIONS: tuple[str, ...] = (
     "up_proj",
     "down_proj",
 )
+# TRL 1.16's loss types (DPOConfig.loss_type help text).
+DPO_LOSS_TYPES = frozenset(
+    {
+        "sigmoid",
+        "hinge",
+        "ipo",
+        "exo_pair",
+        "nca_pair",
+        "robust",
+        "bco_pair",
+        "sppo_hard",
+        "aot",
+        "aot_unpaired",
+        "apo_zero",
+        "apo_down",
+        "discopop",
+        "sft",
+        "sigmoid_norm",
+    }
+)
+# vLLM refuses adapters whose config lists modules_to_save; PEFT must never add any.
+FORBIDDEN_TARGETS = frozenset({"lm_head", "embed_tokens"})
+
+# The upper bounds, where tests and messages can name them; the reasons are in the fields.
+MAX_LORA_RANK = 512
+MAX_LORA_ALPHA = 8192
+MAX_TARGET_MODULES = 1024
+MAX_BETA = 100.0
+MAX_LEARNING_RATE = 1.0
+MAX_EPOCHS = 1000.0
+MAX_MICRO_BATCH = 1024
+MAX_ACCUMULATION = 1024
+MAX_LENGTH = 131072
+MAX_LOGGING_STEPS = 100_000
+MAX_SEED = 2**32 - 1
+MAX_PROCESSES = 16
+
+_FINITE = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+TargetModule = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def parse_loss_types(loss_type: str) -> list[str]:
+    """`sigmoid` or a comma-separated combination such as `sigmoid,sft` (RPO); ValueError
+    naming the allowed values otherwise."""
+    names = [name.strip() for name in loss_type.split(",") if name.strip()]
+    unknown = [name for name in names if name not in DPO_LOSS_TYPES]
+    if not names or unknown:
+        raise ValueError(
+            f"unknown loss_type {loss_type[:80]!r}: use one of {', '.join(sorted(DPO_LOSS_TYPES))} "
+            "(or several joined by commas, e.g. sigmoid,sft)"
+        )
+    return names
 
 
 class LoraSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FINITE
 
     r: int = Field(
-        default=64, ge=1, le=1024, description="LoRA rank. vLLM must run with --max-lora-rank >= r."
+        default=64,
+        ge=1,
+        le=MAX_LORA_RANK,
+        description=(
+            "LoRA rank. vLLM must run with --max-lora-rank >= r. At most 512: the largest "
+            "--max-lora-rank vLLM accepts, so a larger adapter could never be served."
+        ),
     )
     lora_alpha: int | None = Field(
-        default=None, ge=1, description="Scaling numerator; default equal to `r` (scale 1)."
+        default=None,
+        ge=1,
+        le=MAX_LORA_ALPHA,
+        description=(
+            "Scaling numerator; default equal to `r` (scale 1). At most 8192 (16 x the largest "
+            "r): the update is scaled by alpha/r, and recipes use 1-2 (alpha = r or 2r); a "
+            "scale in the thousands swamps the base weights at the first step."
+        ),
     )
     lora_dropout: float = Field(
-        default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path."
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout on the LoRA path. Below 1: at 1 the LoRA path is always dropped.",
     )
-    target_modules: list[str] = Field(
+    target_modules: list[TargetModule] = Field(
         default_factory=lambda: list(QWEN_PROJECTIONS),
         min_length=1,
-        description="Modules to adapt; default all seven Qwen projections.",
+        max_length=MAX_TARGET_MODULES,
+        description=(
+            "Modules to adapt; default all seven Qwen projections. Each must name a linear "
+            "layer of the base model (checked at submission against its weights); lm_head and "
+            "embed_tokens cannot be served by vLLM. At most 1024 entries: every projection of "
+            "the deepest supported model, by full name."
+        ),
     )
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
 
@@ -51,24 +133,72 @@ class LoraSpec(BaseModel):
 
 
 class DpoSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FINITE
 
-    beta: float = Field(default=0.1, gt=0.0, description="KL strength of the DPO loss.")
-    learning_rate: float = Field(
-        default=5e-6, gt=0.0, le=1.0, description="LoRA DPO practice: 5e-6..1e-5."
+    beta: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=MAX_BETA,
+        description=(
+            "KL strength of the DPO loss (typical 0.05-0.5). At most 100: the loss reads "
+            "beta x a log-ratio margin of a few nats, and past ~100 it saturates from the "
+            "first step (loss 0, no gradient: a run that 'succeeds' having learnt nothing)."
+        ),
     )
-    num_train_epochs: float = Field(default=1.0, gt=0.0, description="Passes over the dataset.")
+    learning_rate: float = Field(
+        default=5e-6,
+        gt=0.0,
+        le=MAX_LEARNING_RATE,
+        description=(
+            "LoRA DPO practice: 5e-6..1e-5. At most 1: Adam moves each weight by about the "
+            "learning rate a step, so at 1 the first step already rewrites the adapter."
+        ),
+    )
+    num_train_epochs: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=MAX_EPOCHS,
+        description=(
+            "Passes over the dataset. At most 1000: DPO overfits after a few passes; the "
+            "trainer also refuses a job whose estimated steps pass CAI_TRAINER_MAX_JOB_STEPS."
+        ),
+    )
     per_device_train_batch_size: int | None = Field(
         default=None,
         ge=1,
-        description="Micro-batch; default sized from the device's memory (CPU: 2).",
+        le=MAX_MICRO_BATCH,
+        description=(
+            "Micro-batch; default sized from the device's memory (CPU: 2). At most 1024: more "
+            "pairs than any device holds at once; raise gradient_accumulation_steps instead."
+        ),
     )
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    gradient_accumulation_steps: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_ACCUMULATION,
+        description=(
+            "Micro-batches per optimiser step. At most 1024: the effective batch is micro-batch "
+            "x this x processes, and past 1024 micro-batches most datasets give one step an "
+            "epoch."
+        ),
+    )
     max_length: int = Field(
-        default=1024, ge=16, description="Prompt + completion tokens; longer rows are dropped."
+        default=1024,
+        ge=16,
+        le=MAX_LENGTH,
+        description=(
+            "Prompt + completion tokens; longer rows are dropped. At most 131072: the longest "
+            "context of the Qwen2.5 family (128 K with YaRN)."
+        ),
     )
     loss_type: str = Field(
-        default="sigmoid", description="TRL loss type (sigmoid, ipo, hinge, ...)."
+        default="sigmoid",
+        max_length=512,
+        description=(
+            "TRL loss type, or several joined by commas (sigmoid,sft): "
+            + ", ".join(sorted(DPO_LOSS_TYPES))
+            + "."
+        ),
     )
     precompute_ref_log_probs: bool = Field(
         default=True,
@@ -78,8 +208,21 @@ class DpoSpec(BaseModel):
         default=None,
         description="Activation checkpointing; default chosen from memory (off where it fits).",
     )
-    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    logging_steps: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the steps spent warming the learning rate up. Below 1: a share.",
+    )
+    logging_steps: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_LOGGING_STEPS,
+        description=(
+            "A progress event every this many steps. At most 100000: the default step ceiling "
+            "(CAI_TRAINER_MAX_JOB_STEPS); past the job's steps only the first step is logged."
+        ),
+    )
     optimizer: Literal["auto", "adamw", "adamw_8bit"] = Field(
         default="auto",
         description=(
@@ -89,11 +232,17 @@ class DpoSpec(BaseModel):
         ),
     )
 
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss_type(cls, value: str) -> str:
+        parse_loss_types(value)
+        return value
+
 
 class DpoJobSpec(BaseModel):
     """Train a LoRA adapter with DPO on an uploaded dataset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FINITE
 
     kind: Literal["dpo"] = "dpo"
     base_model: str = Field(
@@ -111,15 +260,25 @@ class DpoJobSpec(BaseModel):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     dpo: DpoSpec = Field(default_factory=DpoSpec)
     load_in_4bit: bool = Field(default=False, description="QLoRA loading; GPU only.")
-    seed: int = Field(default=0)
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_SEED,
+        description=(
+            "Seeds Python, numpy and torch. From 0 to 4294967295 (2**32 - 1): numpy's seed "
+            "range, which transformers' set_seed goes through."
+        ),
+    )
     num_processes: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_PROCESSES,
         description=(
             "Training processes. None: 1 on CPU, every GPU the worker sees on CUDA. Above 1 "
             "the trainer runs `accelerate launch` with FSDP2 (weights, gradients and optimiser "
             "state sharded over the processes, one GPU each): for models that do not fit one "
-            "card in bf16. On CPU, >1 runs gloo processes (the test path). See docs/gpu-box.md."
+            "card in bf16. On CPU, >1 runs gloo processes (the test path). See docs/gpu-box.md. "
+            "At most 16: one process per GPU of the trainer's host, and no host holds more."
         ),
     )
 
@@ -127,7 +286,7 @@ class DpoJobSpec(BaseModel):
 class MergeJobSpec(BaseModel):
     """Merge an adapter into (a bf16 copy of) its base: a model folder vLLM can serve."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FINITE
 
     kind: Literal["merge"] = "merge"
     adapter: SafeName = Field(description="A registered adapter.")
@@ -155,7 +314,14 @@ class JobState(StrEnum):
         return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
+# Records are written by the trainer and read by clients: finite numbers only, so that a row
+# the trainer stored can always be read back and every answer is valid JSON.
+_RECORD = ConfigDict(allow_inf_nan=False)
+
+
 class JobProgress(BaseModel):
+    model_config = _RECORD
+
     step: int = 0
     total_steps: int | None = None
     epoch: float | None = None
@@ -168,6 +334,8 @@ class JobProgress(BaseModel):
 
 
 class JobRecord(BaseModel):
+    model_config = _RECORD
+
     id: str
     kind: Literal["dpo", "merge"]
     state: JobState
@@ -197,6 +365,8 @@ class JobEvent(BaseModel):
 
     `type` is `state` (a state change), `progress` (step/total/metrics/ETA) or `log`.
     """
+
+    model_config = _RECORD
 
     job_id: str
     seq: int = Field(description="Monotonic per job; clients resume with Last-Event-ID.")

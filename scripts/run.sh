@@ -10,12 +10,23 @@
 # running (`make serve`) are left running. Exits non-zero on any failure.
 #
 #     CAI_RUN_CONFIG=configs/other.yaml bash scripts/run.sh   # another config
+#     CAI_RUN_MODEL=gemma3 bash scripts/run.sh    # a real model (`make run MODEL=gemma3`):
+#         builds .cache/models/<model> if needed, serves it, runs configs/real-cpu.yaml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
 CAI=.venv/bin/cai
 CONFIG="${CAI_RUN_CONFIG:-configs/demo.yaml}"
+RUN_ARGS=()
+if [ -n "${CAI_RUN_MODEL:-}" ]; then
+    folder="$("$PY" -m services.modelfiles build "$CAI_RUN_MODEL")"
+    model="$(basename "$folder")"
+    export CAI_EMBEDDED_MODEL="$model"
+    CONFIG="${CAI_RUN_CONFIG:-configs/real-cpu.yaml}"
+    # The config names its own model; another one gets its own run folder.
+    RUN_ARGS=(--base-model "$model" --name "real-cpu-$model")
+fi
 
 started_here=0
 cleanup() {
@@ -38,4 +49,4 @@ fi
 "$PY" -m services.embedded up
 
 "$CAI" generator smoke --base-url http://127.0.0.1:8000
-"$CAI" run "$CONFIG"
+"$CAI" run "$CONFIG" "${RUN_ARGS[@]}"

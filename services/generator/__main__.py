@@ -12,9 +12,11 @@ import os
 import shlex
 import shutil
 import sys
+from pathlib import Path
 
 from services.generator.command import build_argv, build_env, redacted
 from services.generator.settings import GeneratorSettings
+from services.modelfiles.convert import ensure_folder
 
 logger = logging.getLogger("services.generator")
 
@@ -27,6 +29,9 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = GeneratorSettings()
+    if not args.print:
+        # vLLM's LoRA path wants a plain checkpoint: a .gguf is served as its converted folder.
+        settings.model = ensure_folder(settings.model, Path(settings.converted_models_dir))
     command = build_argv(settings)
     if args.print:
         print(shlex.join(redacted(command)))

@@ -20,7 +20,12 @@ class GeneratorSettings(BaseSettings):
 
     model: str = Field(
         default="Qwen/Qwen2.5-32B",
-        description="Base model: a local folder or a hub id (hub ids need a machine that can download).",
+        description="Base model: a local folder, a `.gguf` file (converted once into "
+        "`converted_models_dir`), or a hub id (hub ids need a machine that can download).",
+    )
+    converted_models_dir: str = Field(
+        default=".cache/models",
+        description="Where a `.gguf` model is converted to a plain folder (once, by hash).",
     )
     served_model_name: str = Field(
         default="base", description="Name clients use for the base model."

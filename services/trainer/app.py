@@ -17,6 +17,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from services.trainer.api.deps import Authorized
+from services.trainer.api.door import BodyLimit, Door
 from services.trainer.api.errors import document_problems, install_error_handlers
 from services.trainer.api.routes import adapters, dashboard, datasets, health, jobs, metrics
 from services.trainer.core.config import TrainerSettings
@@ -67,6 +68,16 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
 
     app.openapi = openapi_with_problems  # type: ignore[method-assign]
     _add_docs(app)
+    app.add_middleware(
+        Door,
+        default=BodyLimit(
+            settings.max_request_bytes,
+            f"the request body is larger than the limit of {settings.max_request_bytes} bytes "
+            "(a job spec is a few KB): send less, or raise CAI_TRAINER_MAX_REQUEST_BYTES on "
+            "the trainer",
+        ),
+        routes={("POST", "/v1/datasets"): datasets.upload_body_limit(settings.max_upload_bytes)},
+    )
     return app
 
 

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from pydantic import TypeAdapter
 
 from protocol.jobs import DpoJobSpec, JobProgress, JobSpec
+from services.modelfiles.convert import ensure_folder
 from services.trainer.distributed import (
     check_supported,
     launch_env,
@@ -107,7 +108,11 @@ def build_context(
         job_id=plan["job_id"],
         work_dir=Path(ctx["work_dir"]),
         output_dir=Path(ctx["output_dir"]),
-        base_model_path=ctx["base_model_path"],
+        # A .gguf base is converted once into a cached folder, here in the job's process (a
+        # minute of CPU that must not block the web process).
+        base_model_path=ensure_folder(
+            ctx["base_model_path"], Path(ctx.get("converted_models_dir") or ctx["work_dir"])
+        ),
         train_path=optional("train_path"),
         eval_path=optional("eval_path"),
         parent_adapter_path=optional("parent_adapter_path"),

@@ -1,6 +1,7 @@
-"""Where base models come from: a folder under a configured model root, a merged model this
-trainer registered, or (only where downloads are allowed) a hub id. Nothing else: a name
-can never point the trainer at an arbitrary path."""
+"""Where base models come from: a folder (or a `.gguf` file) under a configured model root, a
+merged model this trainer registered, or (only where downloads are allowed) a hub id. Nothing
+else: a name can never point the trainer at an arbitrary path. A `.gguf` file is converted
+into a plain folder by the job that first needs it (services.modelfiles.convert)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,15 @@ class ResolvedModel:
     name: str
     path: str
     """A local folder, or the hub id itself for `kind == "hub"`."""
-    kind: str  # local | merged | hub
+    kind: str  # local | merged | hub (a local `path` may be a .gguf file)
 
 
 def _is_model_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
+
+
+def _is_gguf_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".gguf"
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -51,7 +56,9 @@ def resolve_base_model(name: str, settings: TrainerSettings, store: Store) -> Re
     )
     for path in candidates:
         real = path.resolve()
-        if any(_under(real, root) for root in settings.model_roots) and _is_model_dir(real):
+        if any(_under(real, root) for root in settings.model_roots) and (
+            _is_model_dir(real) or _is_gguf_file(real)
+        ):
             return ResolvedModel(name=name, path=str(real), kind="local")
     if settings.allow_hub_models and HUB_ID.fullmatch(name) and ".." not in name:
         return ResolvedModel(name=name, path=name, kind="hub")

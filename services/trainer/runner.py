@@ -35,6 +35,7 @@ from services.trainer.core.files import atomic_write_text, discard, publish_fold
 from services.trainer.datasets import DatasetLayout
 from services.trainer.models import resolve_base_model
 from services.trainer.store import Store, utcnow
+from services.trainer.stored import finite, finite_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,7 @@ class Runner:
             "work_dir": str(job_dir / "work"),
             "output_dir": str(self.layout.staging(job.id)),
             "device": self.device,
+            "converted_models_dir": str(self.settings.data_dir / "models"),
             "extra": {},
         }
         if isinstance(spec, DpoJobSpec):
@@ -417,11 +419,9 @@ class Runner:
         files: dict[str, str],
         result: dict[str, Any],
     ) -> AdapterRecord:
-        metrics = {
-            k: float(v)
-            for k, v in (result.get("metrics") or {}).items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
+        # Finite numbers only: a NaN loss must not make the registry row unreadable.
+        metrics = finite_metrics(result.get("metrics") or {})
+        config = finite(result.get("config") or {})
         if isinstance(spec, DpoJobSpec):
             return AdapterRecord(
                 name=spec.output_name,
@@ -434,7 +434,7 @@ class Runner:
                 rank=result.get("rank", spec.lora.r),
                 metrics=metrics,
                 files=files,
-                config=result.get("config") or {},
+                config=config,
                 created_at=utcnow(),
             )
         adapter = self.store.get_adapter(spec.adapter)
@@ -449,6 +449,6 @@ class Runner:
             rank=None,
             metrics=metrics,
             files=files,
-            config=result.get("config") or {},
+            config=config,
             created_at=utcnow(),
         )

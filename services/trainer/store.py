@@ -4,26 +4,45 @@ place that knows the table layout besides core/db.py.
 
 Every state change of a job writes a `state` event in the same transaction, so the event
 stream and the job row never disagree.
+
+A row that no longer validates (stored by an older trainer, or before a bound was tightened)
+never takes a listing down: it is read through `stored.salvage`, and a job whose spec cannot
+be read shows as failed with the reason, and is failed, never run, when a worker claims it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from protocol.adapters import AdapterRecord
 from protocol.datasets import DatasetRecord
-from protocol.jobs import JobEvent, JobProgress, JobRecord, JobSpec, JobState
+from protocol.jobs import (
+    DpoJobSpec,
+    JobEvent,
+    JobProgress,
+    JobRecord,
+    JobState,
+    MergeJobSpec,
+)
 from services.trainer.core.db import Database
+from services.trainer.stored import Unreadable, finite, salvage
 
-_SPEC = TypeAdapter[Any](JobSpec)
+logger = logging.getLogger(__name__)
 
 ACTIVE_STATES = (JobState.queued.value, JobState.running.value)
+# Shown for what an unreadable spec left unknown; never a name any job could have.
+UNKNOWN = "unreadable"
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def _dumps(value: Any) -> str:
+    """JSON for a column: finite numbers only (JSON has no Infinity or NaN)."""
+    return json.dumps(finite(value), allow_nan=False)
 
 
 def utcnow() -> datetime:
@@ -34,18 +53,74 @@ def new_job_id() -> str:
     return f"job-{uuid.uuid4().hex[:16]}"
 
 
+def unreadable_reason(problems: list[str]) -> str:
+    return (
+        f"the trainer cannot read this job's stored spec ({'; '.join(problems)}): an older "
+        "trainer accepted it; the spec shown has defaults in place of those fields. Submit "
+        "the job again with values inside the documented bounds"
+    )
+
+
+def _read_spec(row: sqlite3.Row) -> tuple[DpoJobSpec | MergeJobSpec, list[str]]:
+    """The job's spec, and what was wrong with it as stored ([] when it validated)."""
+    name = row["output_name"]
+    if row["kind"] == "merge":
+        merge_fill = {"kind": "merge", "adapter": UNKNOWN, "output_name": name}
+        try:
+            return salvage(MergeJobSpec, row["spec"], merge_fill)
+        except Unreadable as exc:
+            return MergeJobSpec(adapter=UNKNOWN, output_name=UNKNOWN), [str(exc)]
+    dpo_fill = {"kind": "dpo", "base_model": UNKNOWN, "dataset_id": UNKNOWN, "output_name": name}
+    try:
+        return salvage(DpoJobSpec, row["spec"], dpo_fill)
+    except Unreadable as exc:
+        problems = [str(exc)] if row["kind"] == "dpo" else [f"unknown job kind {row['kind']!r}"]
+        return DpoJobSpec(base_model=UNKNOWN, dataset_id=UNKNOWN, output_name=UNKNOWN), problems
+
+
+def _time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return finite(value) if isinstance(value, dict) else {}
+
+
 def _job_from_row(row: sqlite3.Row, position: int | None = None) -> JobRecord:
+    spec, problems = _read_spec(row)
+    try:
+        progress, _ = salvage(JobProgress, row["progress"])
+    except Unreadable:
+        progress = JobProgress()
+    try:
+        state = JobState(row["state"])
+    except ValueError:
+        state, problems = JobState.failed, [*problems, f"unknown state {row['state']!r}"]
+    error = row["error"]
+    if problems:
+        reason = unreadable_reason(problems)
+        if state.terminal:
+            error = f"{error}; {reason}" if error else reason
+        else:
+            state, error, position = JobState.failed, reason, None
     return JobRecord(
         id=row["id"],
-        kind=row["kind"],
-        state=JobState(row["state"]),
-        spec=_SPEC.validate_json(row["spec"]),
-        created_at=datetime.fromisoformat(row["created_at"]),
-        started_at=datetime.fromisoformat(row["started_at"]) if row["started_at"] else None,
-        finished_at=datetime.fromisoformat(row["finished_at"]) if row["finished_at"] else None,
-        error=row["error"],
-        progress=JobProgress.model_validate_json(row["progress"]),
-        result=json.loads(row["result"]),
+        kind=spec.kind,
+        state=state,
+        spec=spec,
+        created_at=_time(row["created_at"]) or _EPOCH,
+        started_at=_time(row["started_at"]),
+        finished_at=_time(row["finished_at"]),
+        error=error,
+        progress=progress,
+        result=_json_object(row["result"]),
         position=position,
     )
 
@@ -110,11 +185,19 @@ class Store:
     def claim_next(self) -> JobRecord | None:
         """Mark the oldest queued job running and return it (None when the queue is empty)."""
         with self.db.transaction() as conn:
-            row = conn.execute(
-                "SELECT * FROM jobs WHERE state='queued' ORDER BY seq LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
+            while True:
+                row = conn.execute(
+                    "SELECT * FROM jobs WHERE state='queued' ORDER BY seq LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return None
+                _, problems = _read_spec(row)
+                if not problems:
+                    break
+                # Never run a spec that does not validate: fail it and take the next one.
+                logger.warning("job %s: stored spec unreadable: %s", row["id"], problems)
+                reason = unreadable_reason(problems)
+                self.finish_job(row["id"], JobState.failed, error=reason, conn=conn)
             now = utcnow()
             conn.execute(
                 "UPDATE jobs SET state='running', started_at=? WHERE id=?",
@@ -152,7 +235,7 @@ class Store:
         now = utcnow()
         conn.execute(
             "UPDATE jobs SET state=?, finished_at=?, error=?, result=?, pid=NULL WHERE id=?",
-            (state.value, now.isoformat(), error, json.dumps(result or {}), job_id),
+            (state.value, now.isoformat(), error, _dumps(result or {}), job_id),
         )
         if adapter is not None:
             self.insert_adapter(conn, adapter)
@@ -189,7 +272,13 @@ class Store:
 
     def list_jobs_running_progress(self) -> list[JobProgress]:
         rows = self.db.connection().execute("SELECT progress FROM jobs WHERE state='running'")
-        return [JobProgress.model_validate_json(r["progress"]) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                out.append(salvage(JobProgress, r["progress"])[0])
+            except Unreadable:
+                continue
+        return out
 
     def count_by_state(self) -> dict[str, int]:
         rows = self.db.connection().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
@@ -231,12 +320,21 @@ class Store:
         rows = (
             self.db.connection()
             .execute(
-                "SELECT body FROM job_events WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?",
+                "SELECT seq, body FROM job_events WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?",
                 (job_id, after, limit),
             )
             .fetchall()
         )
-        return [JobEvent.model_validate_json(r["body"]) for r in rows]
+        return [self._event(job_id, r) for r in rows]
+
+    @staticmethod
+    def _event(job_id: str, row: sqlite3.Row) -> JobEvent:
+        fill = {"job_id": job_id, "seq": row["seq"], "type": "log", "time": _EPOCH}
+        try:
+            return salvage(JobEvent, row["body"], fill)[0]
+        except Unreadable as exc:
+            message = f"an event the trainer cannot read was skipped ({exc})"
+            return JobEvent(job_id=job_id, seq=row["seq"], type="log", time=_EPOCH, message=message)
 
     # -- idempotency --------------------------------------------------------------------
 
@@ -282,17 +380,36 @@ class Store:
     def get_adapter(self, name: str) -> AdapterRecord | None:
         row = (
             self.db.connection()
-            .execute("SELECT record FROM adapters WHERE name=?", (name,))
+            .execute("SELECT name, kind, created_at, record FROM adapters WHERE name=?", (name,))
             .fetchone()
         )
-        return AdapterRecord.model_validate_json(row["record"]) if row else None
+        return self._adapter(row) if row else None
 
     def list_adapters(self, kind: str | None = None) -> list[AdapterRecord]:
         conn = self.db.connection()
+        columns = "SELECT name, kind, created_at, record FROM adapters"
         if kind is None:
-            rows = conn.execute("SELECT record FROM adapters ORDER BY created_at, name")
+            rows = conn.execute(f"{columns} ORDER BY created_at, name")
         else:
-            rows = conn.execute(
-                "SELECT record FROM adapters WHERE kind=? ORDER BY created_at, name", (kind,)
-            )
-        return [AdapterRecord.model_validate_json(r["record"]) for r in rows]
+            rows = conn.execute(f"{columns} WHERE kind=? ORDER BY created_at, name", (kind,))
+        return [record for r in rows if (record := self._adapter(r)) is not None]
+
+    @staticmethod
+    def _adapter(row: sqlite3.Row) -> AdapterRecord | None:
+        """A registry row; its unreadable fields dropped (metrics stored as null by an older
+        trainer), or None, logged, when nothing valid can be made of it."""
+        fill = {
+            "name": row["name"],
+            "kind": row["kind"],
+            "path": "",
+            "base_model": UNKNOWN,
+            "created_at": row["created_at"],
+        }
+        try:
+            record, problems = salvage(AdapterRecord, row["record"], fill)
+        except Unreadable as exc:
+            logger.warning("adapter %r: stored record unreadable, not listed: %s", row["name"], exc)
+            return None
+        if problems:
+            logger.warning("adapter %r: stored record partly unreadable: %s", row["name"], problems)
+        return record

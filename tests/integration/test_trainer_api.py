@@ -58,6 +58,39 @@ def test_an_oversized_upload_is_refused_before_it_is_all_sent(
     assert not datasets.exists() or not any(datasets.iterdir())
 
 
+def _answer_to_headers_only(port: int, head: bytes) -> bytes:
+    """Send a request's head and none of its body; return what the server answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("api_key", "auth", "status"),
+    [("k-789", b"", b"401"), ("k-789", b"Authorization: Bearer k-789\r\n", b"413")],
+)
+def test_a_100_mb_job_is_answered_before_its_body_is_sent(
+    start_trainer: Callable[..., TrainerService], api_key: str, auth: bytes, status: bytes
+) -> None:
+    # Without the key: 401; with it: 413 (over CAI_TRAINER_MAX_REQUEST_BYTES). Either way the
+    # server answers from the head alone: not one byte of the 100 MB was sent.
+    trainer = start_trainer(api_key=api_key)
+    head = (
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + auth
+        + b"Content-Length: %d\r\n\r\n" % (100 * 1024 * 1024)
+    )
+    answer = _answer_to_headers_only(trainer.port, head)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+    assert b"application/problem+json" in answer
+
+
 def test_with_a_key_every_route_but_health_needs_it(
     start_trainer: Callable[..., TrainerService],
 ) -> None:

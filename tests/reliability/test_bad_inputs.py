@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from services.trainer.app import create_app
 from services.trainer.core.config import TrainerSettings
 from tests.reliability.conftest import JSONL, dpo_body, file_tree, row_counts
-from tests.unit.trainer.conftest import pairs_jsonl
+from tests.unit.trainer.conftest import pairs_jsonl, raw_request
 
 LIMIT = 4096
 
@@ -81,6 +81,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
         device="cpu",
         job_bodies={"dpo": "tests.reliability.bodies:run", "merge": "tests.reliability.bodies:run"},
         max_upload_bytes=LIMIT,
+        max_request_bytes=LIMIT,
+        max_job_steps=1000,
     )
     app = create_app(settings)
     with TestClient(app) as client:
@@ -165,6 +167,24 @@ def job(**fields: Any) -> Callable[[World], Answer]:
     return lambda w: w.post_job(dpo_body(w.dataset_id, "ok-new") | fields)
 
 
+def raw_job(section: str, field: str, literal: str) -> Callable[[World], Answer]:
+    """A job whose `section.field` is the JSON token `literal` (Infinity, NaN, 1e999, ...),
+    which json.dumps would not write."""
+
+    def send(w: World) -> Answer:
+        head = json.dumps(dpo_body(w.dataset_id, "ok-new"))[:-1]
+        tail = f'"{section}": {{"{field}": {literal}}}}}' if section else f'"{field}": {literal}}}'
+        return w.post_raw("/v1/jobs", f"{head}, {tail}".encode(), "application/json")
+
+    return send
+
+
+def oversized(method: str, path: str) -> Callable[[World], Answer]:
+    body = b" " * (LIMIT + 1)
+    headers = {"content-type": "application/json"}
+    return lambda w: w.answer(w.client.request(method, path, content=body, headers=headers))
+
+
 CASES = [
     # -- bodies that cannot be read --------------------------------------------------------
     Case(
@@ -198,6 +218,72 @@ CASES = [
     Case("negative-learning-rate", job(dpo={"learning_rate": -1e-5}), 422, ("greater than 0",)),
     Case("rank-zero", job(lora={"r": 0}), 422, ("lora.r", "greater than or equal to 1")),
     Case("4bit-on-cpu", job(load_in_4bit=True), 422, ("load_in_4bit", "set load_in_4bit to false")),
+    # -- issue 13, class 1: non-finite numbers -------------------------------------------
+    Case(
+        "beta-infinity",
+        raw_job("dpo", "beta", "Infinity"),
+        422,
+        ("`dpo.beta`", "Infinity and NaN are not accepted", "allowed: more than 0.0"),
+    ),
+    Case("learning-rate-nan", raw_job("dpo", "learning_rate", "NaN"), 422, ("dpo.learning_rate",)),
+    Case("dropout-minus-infinity", raw_job("lora", "lora_dropout", "-Infinity"), 422, ("lora",)),
+    Case("epochs-1e999", raw_job("dpo", "num_train_epochs", "1e999"), 422, ("finite",)),
+    # -- issue 13, class 2: absurd magnitudes ---------------------------------------------
+    Case(
+        "epochs-1e12",
+        job(dpo={"num_train_epochs": 1e12}),
+        422,
+        ("dpo.num_train_epochs", "at most 1000.0"),
+    ),
+    Case("beta-1e308", job(dpo={"beta": 1e308}), 422, ("dpo.beta", "at most 100.0")),
+    Case("rank-past-vllm", job(lora={"r": 1024}), 422, ("lora.r", "at most 512")),
+    Case(
+        "alpha-huge-int", raw_job("lora", "lora_alpha", "1" + "0" * 400), 422, ("lora.lora_alpha",)
+    ),
+    Case("processes-1000", job(num_processes=1000), 422, ("num_processes", "at most 16")),
+    Case(
+        "steps-over-the-ceiling",
+        job(dpo={"num_train_epochs": 1000}),
+        422,
+        ("2000 optimiser steps", "ceiling of 1000", "CAI_TRAINER_MAX_JOB_STEPS"),
+    ),
+    # -- issue 13, class 3: checks that can run at submission ------------------------------
+    Case(
+        "unknown-loss-type",
+        job(dpo={"loss_type": "sigmoyd"}),
+        422,
+        ("`dpo.loss_type`", "unknown loss_type 'sigmoyd'", "sigmoid", "ipo"),
+    ),
+    Case(
+        "target-module-typo",
+        job(lora={"target_modules": ["qproj"]}),
+        422,
+        ("lora.target_modules", "'qproj' names no linear layer", "q_proj, up_proj, v_proj"),
+    ),
+    Case(
+        "target-module-norm",
+        job(lora={"target_modules": ["input_layernorm"]}),
+        422,
+        ("names no linear layer",),
+    ),
+    Case(
+        "target-lm-head",
+        job(lora={"target_modules": ["lm_head"]}),
+        422,
+        ("cannot be adapted", "remove them"),
+    ),
+    Case("seed-negative", job(seed=-1), 422, ("`seed`", "at least 0 and at most 4294967295")),
+    Case("seed-2-to-the-32", job(seed=2**32), 422, ("`seed`", "at most 4294967295")),
+    # -- issue 13, class 4: body limits on every route -------------------------------------
+    Case(
+        "job-body-over-the-limit",
+        oversized("POST", "/v1/jobs"),
+        413,
+        ("limit of 4096 bytes", "CAI_TRAINER_MAX_REQUEST_BYTES"),
+    ),
+    Case("cancel-body-over-the-limit", oversized("POST", "/v1/jobs/x/cancel"), 413, ("4096",)),
+    Case("get-with-a-body-over-the-limit", oversized("GET", "/v1/jobs"), 413, ("4096",)),
+    Case("login-body-over-the-limit", oversized("POST", "/login"), 413, ("4096",)),
     # -- uploads ---------------------------------------------------------------------------
     Case(
         "upload-over-limit-by-content-length",
@@ -474,6 +560,19 @@ async def test_a_streamed_upload_over_the_limit_is_refused_without_reading_it_al
     assert snapshot(world) == before
 
 
+async def test_without_the_key_a_100_mb_job_body_is_answered_401_unread(
+    settings_factory: Callable[..., TrainerSettings],
+) -> None:
+    app = create_app(settings_factory(api_key="bad-inputs-key"))
+    with TestClient(app):
+        for headers in ({}, {"content-length": str(100 * 1024 * 1024)}):
+            answer = await raw_request(
+                app, "POST", "/v1/jobs", offered=100 * 1024 * 1024, chunk=1 << 20, headers=headers
+            )
+            assert (answer.status, answer.consumed) == (401, 0)
+            assert answer.headers["content-type"] == "application/problem+json"
+
+
 def test_the_table_covers_every_kind_the_issue_names() -> None:
     ids = {c.id for c in CASES}
     for needed in (
@@ -493,5 +592,13 @@ def test_the_table_covers_every_kind_the_issue_names() -> None:
         "unknown-adapter",
         "merge-onto-another-base",
         "eval-overlaps-train",
+        # issue 13
+        "beta-infinity",
+        "epochs-1e12",
+        "steps-over-the-ceiling",
+        "unknown-loss-type",
+        "target-module-typo",
+        "seed-2-to-the-32",
+        "job-body-over-the-limit",
     ):
         assert needed in ids

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,7 +24,7 @@ from cai.evaluation.evaluate import EvaluationError
 from cai.evaluation.records import EvalSummary
 from cai.pipeline.runner import ProgressSink
 from cai.report import build_report
-from cai.stages.config import RunConfigError, load_run_config
+from cai.stages.config import RunConfigError, load_run_config, with_base_model
 from cai.stages.runner import RunError, RunResult, run_stages
 from cai.trainer import TrainerError
 from protocol.jobs import JobEvent
@@ -114,6 +115,11 @@ def print_result(result: RunResult, report: Path) -> None:
             "-" if pair is None or pair.accuracy is None else f"{pair.accuracy:.2f} (n={pair.n})",
         )
     console.print(table)
+    check = result.judge_check
+    if check is not None:
+        # Beside the judge column: whether its numbers mean anything (cai.evaluation.judge_check).
+        style = "green" if check.trustworthy else "bold yellow"
+        console.print(f"judge check: [{style}]{escape(check.verdict)}[/]")
     console.print(f"report: [bold]{report}[/]")
 
 
@@ -134,6 +140,14 @@ def run(
     trainer_url: Annotated[
         str | None,
         typer.Option(envvar="CAI_TRAINER_URL", help="Replaces the config's trainer.url."),
+    ] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            "--base-model",
+            help="Another base model (its served and trainer name, e.g. smollm2-135m); "
+            "replaces generator.base_model, trainer.base_model and a judge that was the base.",
+        ),
     ] = None,
     replicas: Annotated[
         list[str] | None,
@@ -162,6 +176,8 @@ def run(
         overrides["small_test"] = True
     try:
         config = load_run_config(config_path, **overrides)
+        if base_model:
+            config = with_base_model(config, base_model)
         result = asyncio.run(run_stages(config, ConsoleReporter(show_progress=not no_progress)))
         report = build_report(config.run_dir)
     except RUN_ERRORS as exc:

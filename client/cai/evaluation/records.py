@@ -5,6 +5,8 @@ Files in the run folder (`runs/<name>/`):
     eval.jsonl                     EvalRecord lines; stage 0 is the base model (the baseline)
     stages/<N>/eval_summary.json   EvalSummary of stage N (stage 0 = baseline)
     stages/<N>/pair_scores.jsonl   PairScore lines (held-out pair accuracy, per pair)
+    judge_check.json               JudgeCheck: the judge measured on hand-checkable cases
+                                   (cai.evaluation.judge_check), once per run
 
 `summarize_stage` is a pure function of the records, so the report can rebuild a summary from
 `eval.jsonl` alone when a summary file is missing (pair accuracy then comes only from the file).
@@ -22,6 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai.evaluation.heldout import INSTRUCTION_TYPES, InstructionType
+from cai.evaluation.judge_cases import AnswerKind
 from cai.evaluation.pair_accuracy import PairAccuracy
 from cai.evaluation.stats import (
     Interval,
@@ -31,11 +34,12 @@ from cai.evaluation.stats import (
     mcnemar_exact,
     wilson_interval,
 )
-from cai.pipeline.records import Record
+from cai.pipeline.records import JudgeQuery, Record
 
 EVAL_FILE = "eval.jsonl"
 SUMMARY_FILE = "eval_summary.json"
 PAIR_SCORES_FILE = "pair_scores.jsonl"
+JUDGE_CHECK_FILE = "judge_check.json"
 ALL = "all"
 EXAMPLES = 12
 EXAMPLE_CHARS = 400
@@ -125,6 +129,91 @@ class EvalSummary(BaseModel):
     examples: list[Example] = Field(
         default_factory=list, description="Verdict changes against the base first, all types."
     )
+
+
+class JudgedAnswer(BaseModel):
+    """One answer of a judge case (the good one or a corrupted copy) and what the judge said."""
+
+    kind: AnswerKind
+    text: str
+    margin: float = Field(description="Mean over queries of log P(good) - log P(bad), nats.")
+    judge_ok: bool = Field(description="margin > the pipeline's judge threshold.")
+    queries: list[JudgeQuery] = Field(description="A-first, then B-first with `swap`.")
+
+
+class JudgeCaseResult(BaseModel):
+    case_id: str
+    type: InstructionType
+    instruction: str
+    answers: list[JudgedAnswer] = Field(description="`good` first, then one per corruption.")
+
+    def answer(self, kind: AnswerKind) -> JudgedAnswer:
+        return next(a for a in self.answers if a.kind == kind)
+
+
+class Agreement(BaseModel):
+    """(good, corrupted) pairs where the good answer's margin is the higher one.
+
+    A tie counts half (rounded down over the set, so ties never add credit): a judge that
+    gives every answer the same margin scores 0.5, chance, which is what it knows.
+    """
+
+    pairs: int
+    wins: int = Field(description="Good margin > corrupted margin.")
+    ties: int
+    losses: int
+    interval: Interval = Field(description="Wilson interval of wins + ties // 2 over pairs.")
+
+
+class PositionBias(BaseModel):
+    """How much the verdict depends on which letter holds the good option."""
+
+    answers: int = Field(description="Answers asked in both orders (0 without `swap`).")
+    order_disagrees: Interval | None = Field(
+        default=None,
+        description="Share of answers where the A-first and the B-first query disagree on the "
+        "verdict (sign of log P(good) - log P(bad)); None without `swap`.",
+    )
+    prefers_a_nats: float = Field(
+        description="Mean over every query of log P(A) - log P(B): > 0 leans to letter A."
+    )
+
+
+class JudgeCheck(BaseModel):
+    """`judge_check.json`: the pipeline's judge on hand-checkable cases (`cai run` writes it once).
+
+    Reused while `judge_model`, `cases_version`, `template`/`template_sha256` and the judge
+    settings are the same; every case's margins are kept for inspection.
+    """
+
+    judge_model: str
+    cases_version: str
+    template: str = Field(description="Judge template `name@version`.")
+    template_sha256: str
+    method: str
+    swap: bool
+    top_logprobs: int
+    threshold: float
+    cases: int = Field(description="Cases asked about (each a good answer and its copies).")
+    agreement: Agreement = Field(description="All corruption kinds together.")
+    agreement_by_kind: dict[str, Agreement]
+    accuracy: Interval = Field(
+        description="Pairs where the good answer is judged ok and the corrupted one not ok."
+    )
+    accuracy_by_kind: dict[str, Interval]
+    good_ok: Interval = Field(description="Good answers judged ok.")
+    corrupted_not_ok: Interval = Field(description="Corrupted answers judged not ok.")
+    position_bias: PositionBias
+    trustworthy: bool = Field(description="Wilson lower bound of the agreement > 0.5.")
+    verdict: str = Field(description="One line a person reads first.")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    created_at: str
+    results: list[JudgeCaseResult] = Field(default_factory=list)
+
+    def brief(self) -> dict[str, object]:
+        """The figures without the per-case results: what the run manifest carries."""
+        return self.model_dump(mode="json", exclude={"results"})
 
 
 def _rate_table(
@@ -276,13 +365,19 @@ __all__ = [
     "ALL",
     "EVAL_FILE",
     "EXAMPLES",
+    "JUDGE_CHECK_FILE",
     "PAIR_SCORES_FILE",
     "SUMMARY_FILE",
+    "Agreement",
     "Comparison",
     "EvalRecord",
     "EvalRecordError",
     "EvalSummary",
     "Example",
+    "JudgeCaseResult",
+    "JudgeCheck",
+    "JudgedAnswer",
+    "PositionBias",
     "eval_record_id",
     "pick_examples",
     "read_eval_records",

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cai.pipeline.prompts import MAX_STOP_STRINGS
 from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
 from cai.yamlfile import read_mapping, validate
 
@@ -52,7 +53,10 @@ class SamplingConfig(_Section):
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(ge=1)
     stop: list[str] | None = Field(
-        default=None, description="Stop strings; None uses the template's `stop` header."
+        default=None,
+        max_length=MAX_STOP_STRINGS,
+        description="Stop strings (at most 4: vLLM refuses more); None uses the template's "
+        "`stop` header.",
     )
 
 

@@ -2,14 +2,23 @@
 
 principle = pick_principle(constitution, run_seed, instruction_id, round_, tags)
 prompt = build_prompt(template, pool, instruction, response, principle, few_shot=1)
+reason = problem(parse(text), principle)     # None: a usable critique
+
+A small base model often answers a critique request by restating it ("The response is more or
+less confident than it should be.") or by copying the response back: neither tells a revision
+what to change, so such a critique is rejected (with its reason, in the funnel) instead of
+producing a revision and a pair from nothing.
 """
 
 from __future__ import annotations
 
 from cai.pipeline.constitution import Constitution, Principle
+from cai.pipeline.dedupe import normalise, shingles
+from cai.pipeline.instructions import MIN_CHARS
 from cai.pipeline.prompts import Template, few_shot_prompt
 from cai.pipeline.records import derive_seed
 from cai.pipeline.responses import parse as parse_text
+from cai.pipeline.rules import no_template_residue
 from cai.pipeline.seeds import CritiqueExample, SeedPool
 
 
@@ -64,3 +73,31 @@ def principle_request(constitution: Constitution, principle_id: str, kind: str) 
 
 def parse(text: str, stop: list[str] | tuple[str, ...] = ()) -> str:
     return parse_text(text, stop)
+
+
+# At or above this share of its 5-character shingles found in another text, a critique says
+# nothing that text did not already say.
+RESTATES_THRESHOLD = 0.7
+
+
+def restates(text: str, other: str, threshold: float = RESTATES_THRESHOLD) -> bool:
+    """Most of `text` is already in `other` (containment, not Jaccard: a short restatement of
+    a long request shares little of the request but is almost wholly inside it)."""
+    a, b = normalise(text), normalise(other)
+    if not a or not b:
+        return False
+    mine = shingles(a)
+    return len(mine & shingles(b)) / len(mine) >= threshold
+
+
+def problem(text: str, principle: Principle, response: str) -> str | None:
+    """Why a critique cannot guide a revision, or None when it can."""
+    if sum(ch.isalnum() for ch in text) < MIN_CHARS:
+        return "empty"
+    if not no_template_residue("", text):
+        return "template_residue"
+    if restates(text, principle.critique_request):
+        return "restates_request"
+    if restates(text, response):
+        return "copies_response"
+    return None

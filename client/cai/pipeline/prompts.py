@@ -23,6 +23,8 @@ import yaml
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+# vLLM's completions API answers 400 to more stop strings than this.
+MAX_STOP_STRINGS = 4
 # Blocks of a few-shot prompt are separated by one blank line.
 BLOCK_JOINER = "\n\n"
 
@@ -91,6 +93,11 @@ def parse_template(text: str, *, source: str = "<string>") -> Template:
     stop = header.get("stop") or []
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise TemplateError(f"{source}: `# stop:` must be a list of non-empty strings")
+    if len(stop) > MAX_STOP_STRINGS:
+        raise TemplateError(
+            f"{source}: {len(stop)} stop strings; vLLM accepts at most {MAX_STOP_STRINGS} "
+            "(a shared prefix such as '\\n### Revis' stops at several headings)"
+        )
     return Template(
         name=str(header["name"]),
         version=str(header["version"]),

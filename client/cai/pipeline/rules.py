@@ -5,7 +5,8 @@
 
 A check fails only for a defect a reader would point at: nothing written, template text
 leaking into the answer, the model speaking for the user, degenerate repetition, echoing
-the instruction, placeholders. There is deliberately no maximum length: a length-correlated
+the instruction, placeholders, and commentary on "the response" or "the critique" in place of
+an answer (what a small base model writes when asked for a revision). There is deliberately no maximum length: a length-correlated
 check produced a fake 81% -> 99% "improvement" in prior work (notes/prior-art.md). Hitting
 `max_tokens` is recorded (`truncated`) and fails only with `rules.fail_truncated`.
 """
@@ -28,6 +29,7 @@ TEMPLATE_MARKERS = (
     "### Critique:",
     "### Revision request:",
     "### Revision:",
+    "### Revised response:",
     "### Task",
     "### Question:",
     "### Answer:",
@@ -99,6 +101,23 @@ def longest_consecutive_repeat(text: str, max_n: int = 5) -> int:
     return best
 
 
+_META = re.compile(
+    r"\b(the|this|my|your) (original |previous |above |revised |assistant'?s? )?"
+    r"(response|critique|revision)\b",
+    re.IGNORECASE,
+)
+
+_META_TOPIC = re.compile(r"\b(response|critique|revision)s?\b", re.IGNORECASE)
+
+
+def not_meta_commentary(instruction: str, response: str) -> bool:
+    """'The response is kind.' talks about an answer instead of giving one. Allowed when the
+    instruction itself speaks of a response (a task about writing one, say)."""
+    if _META_TOPIC.search(instruction):
+        return True
+    return _META.search(response) is None
+
+
 def no_placeholders(_: str, response: str) -> bool:
     return _PLACEHOLDER.search(response) is None
 
@@ -123,6 +142,7 @@ COMMON: dict[str, Rule] = {
     "no_template_residue": no_template_residue,
     "no_speaker_turns": no_speaker_turns,
     "not_an_echo": not_an_echo,
+    "not_meta_commentary": not_meta_commentary,
 }
 BY_TYPE: dict[InstructionType, dict[str, Rule]] = {
     "qa": {"not_only_a_question": not_only_a_question},

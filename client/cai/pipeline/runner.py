@@ -28,7 +28,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -620,7 +620,9 @@ class PipelineRunner:
         prompt: str,
         stop: list[str],
         priority: Priority,
+        check: Callable[[str], str | None] | None = None,
     ) -> None:
+        """Generate `record`'s text; `check(text)` names why it is unusable (then rejected)."""
         assert record.sampling is not None
         try:
             generation = await self._generate(step, prompt, record.sampling, priority)
@@ -630,6 +632,9 @@ class PipelineRunner:
             record.text = responses.parse(generation.choice.text, stop)
             record.finish_reason = generation.choice.finish_reason
             record.usage = generation.usage
+            reason = check(record.text) if check is not None else None
+            if reason is not None:
+                record.status, record.reason = "rejected", reason
         self._write(step, record)
 
     async def _respond(self, instruction: InstructionRecord, seq: int) -> ResponseRecord:
@@ -679,6 +684,10 @@ class PipelineRunner:
             few_shot=cfg.few_shot,
         )
         sampling = self._sampling(cfg.sampling, template, seed)
+
+        def check(text: str) -> str | None:
+            return critiques.problem(text, principle, target.text)
+
         record = CritiqueRecord(
             id=cid,
             instruction_id=instruction.id,
@@ -690,7 +699,7 @@ class PipelineRunner:
             template=template.tag,
             sampling=sampling,
         )
-        await self._step("critiques", record, prompt, sampling.stop, (-2 * round_, seq))
+        await self._step("critiques", record, prompt, sampling.stop, (-2 * round_, seq), check)
         return record
 
     async def _revise(

@@ -28,7 +28,9 @@ class RunSummary(BaseModel):
         description="(stage, records that are ok): instructions accepted -> ... -> train/test rows."
     )
     counts: dict[str, Any] = Field(description="Per step: records by status.")
-    skip_reasons: dict[str, int] = Field(description="Why instructions and pairs were not kept.")
+    skip_reasons: dict[str, int] = Field(
+        description="Why instructions, critiques and pairs were not kept."
+    )
     failures: dict[str, dict[str, int]] = Field(description="Per step: failure reasons.")
     shortfall: dict[str, int] = Field(
         default_factory=dict, description="Per type: instructions asked for but not obtained."
@@ -65,7 +67,7 @@ def summarise(
         failed = Counter(_short(r.reason) for r in records if r.status == "failed")
         if failed:
             failures[step] = dict(failed)
-        if step in ("instructions", "pairs"):
+        if step in ("instructions", "critiques", "pairs"):
             skips.update(
                 f"{step}:{r.reason}" for r in records if r.status in ("rejected", "skipped")
             )

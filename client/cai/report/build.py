@@ -4,7 +4,9 @@
     path = build_report(Path("runs/demo"))          # or: cai report runs/demo
 
 Sections: a summary header with the headline numbers, evaluation per stage (rule and judge
-success with Wilson intervals, McNemar tests, held-out pair accuracy), training curves,
+success with Wilson intervals, McNemar tests, held-out pair accuracy), the judge check (the
+judge measured on hand-checkable cases; its agreement stands beside every judge number, with
+a warning when it is no better than chance), training curves,
 response lengths, the generation funnel with skip reasons, cost and time per step, and
 examples (base vs stage responses with both verdicts). Inputs: see `cai.report.inputs`.
 Every text that came from a model or a file is escaped (`html.escape`); the page loads
@@ -20,6 +22,7 @@ from html import escape
 from pathlib import Path
 
 from cai.report.inputs import RunInputs, load_run
+from cai.report.judge_section import judge_check
 from cai.report.run_sections import costs, examples, funnel
 from cai.report.sections import evaluation, header, lengths, training
 from cai.report.style import CSS
@@ -54,6 +57,7 @@ def render(inputs: RunInputs) -> str:
         f'<a href="#{i}">{t}</a>'
         for i, t in (
             ("evaluation", "Evaluation"),
+            ("judge", "Judge check"),
             ("training", "Training"),
             ("lengths", "Lengths"),
             ("funnel", "Funnel"),
@@ -67,6 +71,7 @@ def render(inputs: RunInputs) -> str:
             f"<nav>{nav}</nav>",
             "<main>",
             evaluation(inputs),
+            judge_check(inputs),
             training(inputs),
             lengths(inputs),
             funnel(inputs),

@@ -9,6 +9,8 @@ is shown as missing, never an error; a run with only a baseline makes a report t
     state.json                    `cai run`'s resume state: `stages[].number/served_name` name
                                   the stage models when the manifest does not
     eval.jsonl                    EvalRecord lines (cai.evaluation.records); stage 0 = base.
+    judge_check.json              JudgeCheck (cai.evaluation.judge_check): the judge measured
+                                  on hand-checkable cases; every judge figure is read with it
     steps.jsonl                   cost and time, one line per finished step of `cai run`:
                                   {"stage": 1, "step": "train", "wall_s": 812.4,
                                    "gpu_s": 812.4, "prompt_tokens": 0, "completion_tokens": 0,
@@ -47,10 +49,12 @@ from pydantic import BaseModel, Field, ValidationError
 from cai.evaluation.pair_accuracy import PairScore
 from cai.evaluation.records import (
     EVAL_FILE,
+    JUDGE_CHECK_FILE,
     PAIR_SCORES_FILE,
     SUMMARY_FILE,
     EvalRecord,
     EvalSummary,
+    JudgeCheck,
     records_by_stage,
     summarize_stage,
 )
@@ -138,6 +142,9 @@ class RunInputs(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageInputs] = Field(description="Stage 0 (baseline) first, when present.")
     timings: list[StepTiming] = Field(default_factory=list)
+    judge_check: JudgeCheck | None = Field(
+        default=None, description="None: the run has no judge check (older run, or no judge)."
+    )
     missing: list[str] = Field(default_factory=list, description="Files the report looked for.")
 
     def stage(self, number: int) -> StageInputs | None:
@@ -258,6 +265,17 @@ def read_pipeline_cost(stage_dir: Path) -> PipelineCost | None:
         return None
 
 
+def read_judge_check(path: Path) -> JudgeCheck | None:
+    data = _read_json(path)
+    if not data:
+        return None
+    try:
+        return JudgeCheck.model_validate(data)
+    except ValidationError as exc:
+        logger.warning("%s is not a judge check (%s); ignored", path, exc)
+        return None
+
+
 def _stage_numbers(run_dir: Path, records: dict[int, list[EvalRecord]]) -> list[int]:
     numbers = set(records)
     stages_dir = run_dir / STAGES_DIR
@@ -337,6 +355,9 @@ def load_run(run_dir: Path) -> RunInputs:
     timings = _models(read_jsonl(run_dir / STEPS_FILE), StepTiming, run_dir / STEPS_FILE)
     if not timings:
         missing.append(STEPS_FILE)
+    judge_check = read_judge_check(run_dir / JUDGE_CHECK_FILE)
+    if judge_check is None and any(r.judge_ok is not None for rs in grouped.values() for r in rs):
+        missing.append(JUDGE_CHECK_FILE)  # judge figures without a measure of the judge
     base_model = manifest.get("base_model")
     if base_model is None and 0 in grouped:
         base_model = grouped[0][0].model
@@ -350,6 +371,7 @@ def load_run(run_dir: Path) -> RunInputs:
         config=config if isinstance(config, dict) else {},
         stages=stages,
         timings=timings,
+        judge_check=judge_check,
         missing=missing,
     )
 
@@ -369,5 +391,6 @@ __all__ = [
     "load_run",
     "read_funnel",
     "read_jsonl",
+    "read_judge_check",
     "read_train_events",
 ]

@@ -10,6 +10,7 @@ from cai.evaluation.records import ALL
 from cai.report import html as h
 from cai.report import svg
 from cai.report.inputs import RunInputs
+from cai.report.judge_section import judge_note, judge_sentence, judge_warning
 
 TRAIN_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("loss", "DPO loss", False),
@@ -59,7 +60,8 @@ def header(inputs: RunInputs) -> str:
             f"Judge success · {label}",
             h.pct(judge.rate if judge else None),
             f"base {h.pct(base.judge[ALL].rate) if base and ALL in base.judge else '—'} · "
-            + h.comparison(s.vs_base, "judge"),
+            + h.comparison(s.vs_base, "judge")
+            + f"<br>{judge_note(inputs)}",
             "card-judge",
         )
         pa = s.pair_accuracy
@@ -94,7 +96,7 @@ def header(inputs: RunInputs) -> str:
         card(
             "Base judge success",
             h.pct(judge.rate if judge else None),
-            "baseline only",
+            f"baseline only<br>{judge_note(inputs)}",
             "card-judge",
         )
         card(
@@ -114,7 +116,7 @@ def header(inputs: RunInputs) -> str:
         f'<header><div class="eyebrow">Constitutional-AI bootstrap · run report</div>'
         f"<h1>{escape(inputs.name)}</h1>"
         f'<div class="facts">{fact_html}</div>'
-        f'<div class="cards">{"".join(cards)}</div>{missing}</header>'
+        f'<div class="cards">{"".join(cards)}</div>{judge_warning(inputs)}{missing}</header>'
     )
 
 
@@ -123,6 +125,7 @@ def evaluation(inputs: RunInputs) -> str:
     if not summaries:
         return h.section("evaluation", "Evaluation", '<p class="muted">No evaluation yet.</p>')
     groups = [*INSTRUCTION_TYPES, ALL]
+    judged_by = judge_sentence(inputs)
     charts = []
     for verdict, title in (
         ("rules", "Rule success by instruction type"),
@@ -146,8 +149,11 @@ def evaluation(inputs: RunInputs) -> str:
                 title,
                 groups,
                 series,
-                description="Bars: success rate; whiskers: 95% Wilson score interval.",
+                description="Bars: success rate; whiskers: 95% Wilson score interval."
+                + (f" {judged_by}" if verdict == "judge" else ""),
             )
+            # Under the judge chart, in the figure: how far the judge itself is trusted.
+            + (f"<figcaption>{judge_note(inputs)}</figcaption>" if verdict == "judge" else "")
         )
     pair_stages = [(s, m.pair_accuracy) for s, m in summaries if m.pair_accuracy is not None]
     if pair_stages:
@@ -205,6 +211,7 @@ def evaluation(inputs: RunInputs) -> str:
             )
         )
     rows = []
+    note = judge_note(inputs)
     for stage, s in summaries:
         accuracy = s.pair_accuracy
         rows.append(
@@ -213,9 +220,11 @@ def evaluation(inputs: RunInputs) -> str:
                 f"{escape(h.stage_name(stage.stage))}",
                 f"<code>{escape(s.model)}</code>",
                 h.interval(s.rules.get(ALL)),
-                h.interval(s.judge.get(ALL)),
+                f"{h.interval(s.judge.get(ALL))}<br>{note}",
                 h.comparison(s.vs_base, "rules"),
-                h.comparison(s.vs_base, "judge"),
+                f"{h.comparison(s.vs_base, 'judge')}<br>{note}"
+                if s.vs_base
+                else h.comparison(None, "judge"),
                 h.comparison(s.vs_previous, "rules"),
                 (
                     f"{h.interval(accuracy.interval)}<br><span class='muted'>ties "
@@ -239,12 +248,13 @@ def evaluation(inputs: RunInputs) -> str:
         rows,
         "table-eval",
     )
-    note = (
+    intro = (
         '<p class="note">Success rates with 95% Wilson intervals over the held-out set; '
         "changes are paired McNemar exact tests on the same instructions (+ gained, − lost). "
-        "Rule checks and the model judge are reported apart.</p>"
+        f"Rule checks and the model judge are reported apart. {escape(judged_by)}</p>"
     )
-    return h.section("evaluation", "Evaluation on the held-out set", note + h.grid(charts) + table)
+    body = judge_warning(inputs) + intro + h.grid(charts) + table
+    return h.section("evaluation", "Evaluation on the held-out set", body)
 
 
 def training(inputs: RunInputs) -> str:

@@ -42,6 +42,7 @@ section { background: var(--card); border: 1px solid var(--line); border-radius:
   gap: 14px; margin-bottom: 14px; }
 .charts.cols-3 { grid-template-columns: repeat(3, minmax(0, 1fr)); }
 figure { margin: 0; border: 1px solid var(--line); border-radius: 8px; padding: 6px; }
+figcaption { font-size: 12px; padding: 2px 6px 0; }
 svg.chart { width: 100%; height: auto; display: block; }
 svg .chart-title { font-size: 14px; font-weight: 600; fill: var(--ink); }
 svg .tick { font-size: 11px; fill: var(--muted); }

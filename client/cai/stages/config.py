@@ -159,6 +159,19 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def with_base_model(config: RunConfig, name: str) -> RunConfig:
+    """`config` on another base model: the generator's and the trainer's base, and a judge
+    that was the old base (a fixed judge stays the base, whichever base that is)."""
+    data = config.model_dump()
+    old = config.generator.base_model
+    data["generator"]["base_model"] = name
+    data["trainer"]["base_model"] = name
+    judge = data["pipeline"].get("judge")
+    if isinstance(judge, dict) and judge.get("model") == old:
+        judge["model"] = name
+    return validate(RunConfig, data, "--base-model", RunConfigError)
+
+
 def load_run_config(path: str | Path, **overrides: Any) -> RunConfig:
     data = deep_merge(read_mapping(path, "run config", RunConfigError), overrides)
     return validate(RunConfig, data, str(path), RunConfigError)

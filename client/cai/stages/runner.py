@@ -6,6 +6,7 @@ Run folder (`runs/<name>/`, see cai.report.inputs for the files the report reads
     state.json            where the run stands (cai.stages.state), replaced atomically
     manifest.json         config, versions, per-stage models, jobs, datasets, evaluation
     steps.jsonl           wall time, GPU-seconds, tokens and cost of every finished step
+    judge_check.json      the judge measured on hand-checkable cases, before the baseline
     eval.jsonl            held-out answers and verdicts, stage 0 = the base
     stages/<N>/           the pipeline's run folder of stage N, plus train_events.jsonl
 
@@ -32,7 +33,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cai.evaluation.evaluate import evaluate_stage
-from cai.evaluation.records import EvalSummary
+from cai.evaluation.judge_check import check_judge, reusable_check
+from cai.evaluation.records import EvalSummary, JudgeCheck
 from cai.generator import GeneratorClient, adapter_version_name, probe_adapter, publish
 from cai.pipeline import PipelineConfig, RunSummary, run_pipeline
 from cai.pipeline.config import EndpointConfig, small_test_overlay, validate_config
@@ -81,6 +83,7 @@ class RunResult:
     run_dir: Path
     baseline: EvalSummary
     stages: list[EvalSummary]
+    judge_check: JudgeCheck | None = None
 
 
 def _env_key(name: str) -> str | None:
@@ -105,6 +108,7 @@ class StageRunner:
         self.reporter = reporter
         self.run_dir = config.run_dir
         self.state = self._load_or_start_state()
+        self.judge_check: JudgeCheck | None = None
 
     # ---- state and bookkeeping ----------------------------------------------------------
 
@@ -155,6 +159,7 @@ class StageRunner:
             "config": self.config.model_dump(mode="json"),
             "fingerprint": self.config.fingerprint(),
             "versions": package_versions(),
+            "judge_check": self.judge_check.brief() if self.judge_check else None,
             "baseline": summaries[0].model_dump(mode="json") if 0 in summaries else None,
             "stages": stages,
             "updated_at": datetime.now(UTC).isoformat(),
@@ -215,6 +220,7 @@ class StageRunner:
                 )
                 await gen.wake_up()
         summaries: dict[int, EvalSummary] = {}
+        self.judge_check = await self.measure_judge()
         summaries[0] = await self.baseline()
         self._write_manifest(summaries)
         for number in range(1, len(self.config.stages) + 1):
@@ -224,7 +230,38 @@ class StageRunner:
             run_dir=self.run_dir,
             baseline=summaries[0],
             stages=[summaries[n] for n in range(1, len(self.config.stages) + 1)],
+            judge_check=self.judge_check,
         )
+
+    async def measure_judge(self) -> JudgeCheck | None:
+        """The evaluation's judge measured on hand-checkable cases (none: no judge runs).
+
+        The evaluation's judge (the generator at `url`; `judge.model`, else the base: also the
+        model judging stage 1's pairs), asked as the pipeline asks it; judge_check.json is
+        reused on resume.
+        """
+        if not self.config.evaluation.judge:
+            return None
+        started = time.monotonic()
+        base = self.config.generator.base_model
+        pipeline = self.pipeline_config(1, base)
+        model = pipeline.judge.model or base
+        cached = reusable_check(self.run_dir, model=model, pipeline=pipeline)
+        if cached is None:
+            self.reporter.step(0, "judge check", f"asking {model} about hand-checkable cases")
+        check = cached or await check_judge(
+            self.gen.complete, model=model, pipeline=pipeline, run_dir=self.run_dir
+        )
+        if cached is None:
+            self._record_step(
+                0,
+                "judge check",
+                started,
+                prompt_tokens=check.prompt_tokens,
+                completion_tokens=check.completion_tokens,
+            )
+        self.reporter.step(0, "judge check", ("cached: " if cached else "") + check.verdict)
+        return check
 
     async def baseline(self) -> EvalSummary:
         started = time.monotonic()

@@ -65,3 +65,9 @@ def require_api_key(
 
 
 Authorized = Depends(require_api_key)
+
+
+async def authorize(request: Request) -> None:
+    """`require_api_key` outside FastAPI's dependency solving: the door (api/door.py) runs it
+    before a route reads the body, which FastAPI does before it solves the dependencies."""
+    require_api_key(request, get_state(request), await _bearer(request))

@@ -1,24 +1,29 @@
 """The one place errors become `application/problem+json` (protocol.errors.Problem).
 
 Typed TrainerErrors keep their status and message; request validation errors name each
-field and what to fix (malformed JSON is a 400, other validation 422); unknown routes 404,
-wrong methods 405; anything else a 500 that says where to look, never a stack trace.
+field and what to fix, with the field's allowed range where it has one (malformed JSON is a
+400, other validation 422; Infinity and NaN are a 422 like any other bad number); unknown
+routes 404, wrong methods 405; anything else a 500 that says where to look, never a stack trace.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from http import HTTPStatus
-from typing import Any
+from typing import Any, get_args
 
+import annotated_types
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from protocol.errors import PROBLEM_CONTENT_TYPE, Problem
-from services.trainer.core.errors import TrainerError
+from services.trainer.core.errors import PayloadTooLarge, TrainerError
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +68,61 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def describe_validation_error(err: dict[str, Any]) -> tuple[str, dict[str, object]]:
+def _models(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The pydantic models a field's type can hold (through Optional, unions, lists, dicts)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    for arg in get_args(annotation):
+        yield from _models(arg)
+
+
+def field_info(request: Request, loc: tuple[Any, ...]) -> FieldInfo | None:
+    """The declaration of the body field an error is about (None for other inputs)."""
+    body = getattr(request.scope.get("route"), "body_field", None)
+    if body is None or not loc or loc[0] != "body":
+        return None
+    path = list(loc[1:])
+    if len(path) > 1 and path[0] in _UNION_TAGS:
+        path = path[1:]
+    for model in _models(body.field_info.annotation):
+        info: FieldInfo | None = None
+        types = [model]
+        for part in path:
+            if isinstance(part, int):
+                continue  # an item of a list: its type is already in `types`
+            info = next((m.model_fields[part] for m in types if part in m.model_fields), None)
+            if info is None:
+                break
+            types = list(_models(info.annotation))
+        if info is not None:
+            return info
+    return None
+
+
+_BOUND_WORDS = (
+    (annotated_types.Gt, "gt", "more than"),
+    (annotated_types.Ge, "ge", "at least"),
+    (annotated_types.Lt, "lt", "less than"),
+    (annotated_types.Le, "le", "at most"),
+)
+
+
+def allowed_range(info: FieldInfo | None) -> str:
+    """`at least 0 and at most 4294967295`: a numeric field's bounds, in words ('' if none)."""
+    words = []
+    for constraint in info.metadata if info is not None else ():
+        for kind, attr, word in _BOUND_WORDS:
+            if isinstance(constraint, kind):
+                words.append(f"{word} {getattr(constraint, attr)!r}")
+    return " and ".join(words)
+
+
+def describe_validation_error(
+    err: dict[str, Any], allowed: str = ""
+) -> tuple[str, dict[str, object]]:
+    """One error as a sentence for `detail`, and as an item of `errors`. `allowed` is the
+    field's range, named in both where the field has one."""
     where, field = _field(tuple(err.get("loc", ())))
     kind = str(err.get("type", ""))
     msg = str(err.get("msg", "")).removeprefix("Value error, ")
@@ -82,8 +141,14 @@ def describe_validation_error(err: dict[str, Any]) -> tuple[str, dict[str, objec
         shown = ""
         if "input" in err and not isinstance(err["input"], dict | list):
             shown = f" (got {_short(err['input'])})"
+        if kind == "finite_number":
+            msg = "Infinity and NaN are not accepted: send a finite number"
         text = f"{label}: {msg}{shown}"
-    return text, {"in": where, "field": field, "type": kind, "message": msg}
+    item: dict[str, object] = {"in": where, "field": field, "type": kind, "message": msg}
+    if allowed:
+        text += f"; allowed: {allowed}"
+        item["allowed"] = allowed
+    return text, item
 
 
 def _allowed_methods(request: Request) -> str:
@@ -127,17 +192,27 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def error_response(request: Request, exc: TrainerError) -> JSONResponse:
+    """The answer to a typed error, from a route or from the door (api/door.py)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return problem_response(
+        exc.status, exc.detail, request, title=exc.title, headers=headers, **exc.extra
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TrainerError)
     async def _trainer_error(request: Request, exc: TrainerError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return problem_response(
-            exc.status, exc.detail, request, title=exc.title, headers=headers, **exc.extra
-        )
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        described = [describe_validation_error(dict(err)) for err in exc.errors()]
+        described = [
+            describe_validation_error(
+                dict(err), allowed_range(field_info(request, tuple(err.get("loc", ()))))
+            )
+            for err in exc.errors()
+        ]
         malformed = any(item["type"] == "json_invalid" for _, item in described)
         texts = [text for text, _ in described]
         detail = "; ".join(texts[:5]) + (f"; and {len(texts) - 5} more" if len(texts) > 5 else "")
@@ -162,7 +237,11 @@ def install_error_handlers(app: FastAPI) -> None:
             return problem_response(405, detail, request, headers=headers)
         else:
             detail = str(exc.detail)
-        return problem_response(exc.status_code, detail, request, headers=dict(exc.headers or {}))
+        # RFC 9110's name for 413 (Python < 3.13 still says "Request Entity Too Large").
+        title = PayloadTooLarge.title if exc.status_code == 413 else None
+        return problem_response(
+            exc.status_code, detail, request, title=title, headers=dict(exc.headers or {})
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

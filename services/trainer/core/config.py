@@ -50,6 +50,26 @@ class TrainerSettings(BaseSettings):
     max_upload_bytes: int = Field(
         default=1 << 30, ge=1, description="Largest dataset upload; bigger ones get 413."
     )
+    max_request_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description=(
+            "Largest body of every other route (job specs, forms); bigger ones get 413 before "
+            "they are read past the limit. A job spec is a few KB: 1 MiB leaves room for a "
+            "target_modules list naming every projection of a large model."
+        ),
+    )
+    max_job_steps: int = Field(
+        default=100_000,
+        ge=1,
+        description=(
+            "Largest estimated number of optimiser steps of a DPO job; larger ones are refused "
+            "at submission (422). The estimate is rows x epochs / (micro-batch x accumulation "
+            "x processes), with the largest micro-batch and process count the job could use "
+            "where the spec leaves them open. 100000 steps is days of one GPU at a 32B model's "
+            "few seconds a step: past it a job is a mistake that would hold the worker."
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="`auto`: cuda when torch sees a GPU, else cpu."
     )

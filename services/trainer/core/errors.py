@@ -5,7 +5,7 @@
     ├── Unauthorized (401)          missing or wrong bearer key
     ├── NotFound (404)              unknown job, dataset, adapter or model
     ├── Conflict (409)              name taken, idempotency key reused with another body
-    ├── PayloadTooLarge (413)       upload over `max_upload_bytes`
+    ├── PayloadTooLarge (413)       a body over its route's limit (`max_upload_bytes`, `max_request_bytes`)
     ├── UnsupportedMediaType (415)  neither JSONL nor multipart
     └── Unprocessable (422)         well-formed but not acceptable (bad rows, 4-bit on CPU, ...)
 

@@ -13,32 +13,8 @@ from typing import Any
 
 from peft import LoraConfig
 
-from protocol.jobs import DpoJobSpec, LoraSpec
+from protocol.jobs import FORBIDDEN_TARGETS, DpoJobSpec, LoraSpec, parse_loss_types
 from services.trainer.jobs.training_device import MemoryPlan
-
-# TRL 1.16's loss types (DPOConfig.loss_type help text); checked here so a typo fails at
-# the start of the job with the list, not after the model has loaded.
-TRL_LOSS_TYPES = frozenset(
-    {
-        "sigmoid",
-        "hinge",
-        "ipo",
-        "exo_pair",
-        "nca_pair",
-        "robust",
-        "bco_pair",
-        "sppo_hard",
-        "aot",
-        "aot_unpaired",
-        "apo_zero",
-        "apo_down",
-        "discopop",
-        "sft",
-        "sigmoid_norm",
-    }
-)
-# vLLM refuses adapters whose config lists modules_to_save; PEFT must never add any.
-FORBIDDEN_TARGETS = frozenset({"lm_head", "embed_tokens"})
 
 
 class TrainingConfigError(ValueError):
@@ -82,15 +58,12 @@ class SpeedChoices:
 
 
 def loss_types(loss_type: str) -> list[str]:
-    """`sigmoid` or a comma-separated combination such as `sigmoid,sft` (RPO)."""
-    names = [name.strip() for name in loss_type.split(",") if name.strip()]
-    unknown = [name for name in names if name not in TRL_LOSS_TYPES]
-    if not names or unknown:
-        raise TrainingConfigError(
-            f"unknown loss_type {loss_type!r}: use one of {sorted(TRL_LOSS_TYPES)} "
-            "(or several joined by commas)"
-        )
-    return names
+    """`sigmoid` or a comma-separated combination such as `sigmoid,sft` (RPO). The spec
+    refuses unknown names at submission; checked again here for specs built by hand."""
+    try:
+        return parse_loss_types(loss_type)
+    except ValueError as exc:
+        raise TrainingConfigError(str(exc)) from None
 
 
 def lora_config(spec: LoraSpec) -> LoraConfig:

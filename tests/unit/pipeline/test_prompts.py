@@ -16,7 +16,7 @@ CONSTITUTION = load_constitution()
 def test_every_packaged_template_has_a_name_version_and_sections():
     for name in ("instructions", "responses", "critiques", "revisions", "judge"):
         template = load_template(name)
-        assert template.tag == f"{name}@1"
+        assert template.version.isdigit() and template.tag == f"{name}@{template.version}"
         assert "query" in template.sections
         assert len(template.sha256) == 64
 
@@ -129,7 +129,8 @@ def test_revision_prompt_carries_the_critique_and_the_revision_request():
         "### Critique:\nIt is too short.\n\n### Revision request:\n" + principle.revision_request
         in prompt
     )
-    assert prompt.endswith("### Revision:\n")
+    # The instruction again right before the rewrite: it reads as an answer, not a comment.
+    assert prompt.endswith("### Instruction:\nQ?\n\n### Revised response:\n")
     assert POOL.critique_examples[0].revision in prompt
 
 
@@ -140,3 +141,37 @@ def test_critique_and_revision_parsers_trim_and_cut_at_stop():
         revisions.parse(" Better.\n### Instruction:\nnext", list(load_template("revisions").stop))
         == "Better."
     )
+
+
+def test_a_critique_that_restates_the_request_or_copies_the_response_is_rejected():
+    principle = CONSTITUTION.get("calibrated-confidence")
+    response = "The closest planet to the Sun is Earth."
+    assert critiques.problem(principle.critique_request.rstrip("?") + ".", principle, response) == (
+        "restates_request"
+    )
+    assert (
+        critiques.problem(
+            "The response is more or less confident than it should be.", principle, response
+        )
+        == "restates_request"
+    )
+    assert critiques.problem(response, principle, response) == "copies_response"
+    assert critiques.problem("ok", principle, response) == "empty"
+    assert (
+        critiques.problem("Fine.\n### Critique:\nFine.", principle, response) == "template_residue"
+    )
+    useful = "It states Earth is closest to the Sun with full confidence, but Mercury is."
+    assert critiques.problem(useful, principle, response) is None
+
+
+def test_no_template_has_more_stop_strings_than_vllm_accepts():
+    # vLLM's completions API answers 400 to a request with more than 4 stop strings: seen on
+    # the first real-model run, where every held-out answer failed that way.
+    for name in ("instructions", "responses", "critiques", "revisions", "judge"):
+        assert len(load_template(name).stop) <= 4, name
+
+
+def test_a_template_with_more_stop_strings_than_vllm_accepts_is_refused():
+    text = '# name: t\n# version: 1\n# stop: ["a1", "b2", "c3", "d4", "e5"]\n=== query\nx\n'
+    with pytest.raises(TemplateError, match="at most 4"):
+        parse_template(text)

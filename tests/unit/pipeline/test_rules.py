@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cai.pipeline import rules
 from cai.pipeline.config import RulesConfig
 from cai.pipeline.records import INSTRUCTION_TYPES
 from cai.pipeline.rules import check, longest_consecutive_repeat, rules_ok, unique_sentence_ratio
@@ -119,4 +120,20 @@ def test_placeholders_fail_in_generated_text():
             "no_placeholders"
         ]
         is False
+    )
+
+
+def test_commentary_on_the_response_is_not_an_answer():
+    # What Gemma-3-270M (base) wrote as "revisions": remarks about an answer, not answers.
+    for text in (
+        "The response is kind.",
+        "This response is not credible.",
+        "Your revision is better.",
+    ):
+        assert not rules.not_meta_commentary("What is the capital of Australia?", text)
+    assert rules.not_meta_commentary("What is the capital of Australia?", "Canberra.")
+    assert rules.not_meta_commentary("Q?", "I sent a quick response to her email.")
+    # A task about writing a response may speak of one.
+    assert rules.not_meta_commentary(
+        "Write a response to this complaint.", "The response is polite."
     )

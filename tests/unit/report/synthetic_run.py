@@ -1,8 +1,10 @@
 """A synthetic run folder with every report input, for the report tests (no model involved).
 
 `make_run(path, stages=2)` writes what `cai run` leaves behind after a baseline and `stages`
-trained stages: manifest.json, eval.jsonl, steps.jsonl and stages/<N>/ with the summary,
-pair scores, training events and pipeline step files. Numbers are seeded and improve per
+trained stages: manifest.json, judge_check.json, eval.jsonl, steps.jsonl and stages/<N>/ with
+the summary, pair scores, training events and pipeline step files. `judge="chance"` writes a
+judge check of a judge that leans on letter A and cannot tell good from corrupted answers;
+`judge=None` writes none. Numbers are seeded and improve per
 stage so the charts have something to show; one response carries markup to test escaping.
 """
 
@@ -12,10 +14,22 @@ import json
 import math
 import random
 from pathlib import Path
+from typing import Literal
 
 from cai.evaluation.heldout import load_heldout
+from cai.evaluation.judge_cases import AnswerKind, corrupt, load_judge_cases
+from cai.evaluation.judge_check import judge_template, summarize_check
 from cai.evaluation.pair_accuracy import PairScore, summarize
-from cai.evaluation.records import EvalRecord, eval_record_id, summarize_stage
+from cai.evaluation.records import (
+    JUDGE_CHECK_FILE,
+    EvalRecord,
+    JudgeCaseResult,
+    JudgedAnswer,
+    eval_record_id,
+    summarize_stage,
+)
+from cai.pipeline.config import PipelineConfig
+from cai.pipeline.records import JudgeQuery
 
 HOSTILE = '<script>alert("x")</script> & <b>bold</b>'
 BASE_MODEL = "tiny"
@@ -150,9 +164,58 @@ def _pipeline_files(stage_dir: Path, rng: random.Random) -> None:
     )
 
 
-def make_run(run_dir: Path, stages: int = 2, *, seed: int = 7) -> Path:
+def _judged(kind: AnswerKind, text: str, margin: float, lean_a: float) -> JudgedAnswer:
+    """Two queries whose good-minus-bad differences average to `margin`, plus a lean to A."""
+    queries = [
+        JudgeQuery(
+            good_label=good,
+            logprob_a=-1.0 + lean_a + (margin if good == "A" else -margin) / 2,
+            logprob_b=-1.0 - (margin if good == "A" else -margin) / 2,
+            method="top_logprobs",
+        )
+        for good in ("A", "B")
+    ]
+    return JudgedAnswer(kind=kind, text=text, margin=margin, judge_ok=margin > 0, queries=queries)
+
+
+def write_judge_check(run_dir: Path, judge: Literal["good", "chance"], rng: random.Random) -> None:
+    cases = load_judge_cases()
+    results = []
+    for case, answers in corrupt(cases):
+        judged = []
+        for kind, text in answers.items():
+            if judge == "good":
+                margin = 1.5 if kind == "good" else rng.choice([-1.0, -0.5, 2.0])
+            else:
+                margin = rng.gauss(0.0, 0.3)
+            judged.append(_judged(kind, text, margin, lean_a=0.0 if judge == "good" else 2.0))
+        results.append(
+            JudgeCaseResult(
+                case_id=case.id, type=case.type, instruction=case.instruction, answers=judged
+            )
+        )
+    pipeline = PipelineConfig()
+    check = summarize_check(
+        results,
+        model=BASE_MODEL,
+        cases_version=cases.version,
+        template=judge_template(pipeline),
+        pipeline=pipeline,
+    )
+    (run_dir / JUDGE_CHECK_FILE).write_text(check.model_dump_json(indent=2), encoding="utf-8")
+
+
+def make_run(
+    run_dir: Path,
+    stages: int = 2,
+    *,
+    seed: int = 7,
+    judge: Literal["good", "chance"] | None = "good",
+) -> Path:
     rng = random.Random(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if judge is not None:
+        write_judge_check(run_dir, judge, random.Random(seed))
     all_records: list[EvalRecord] = []
     by_stage: dict[int, list[EvalRecord]] = {}
     manifest_stages = []

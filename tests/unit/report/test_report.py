@@ -13,6 +13,7 @@ from cai.commands.report import register
 from cai.evaluation.records import pick_examples
 from cai.report import build_report, load_run
 from cai.report.inputs import read_train_events
+from cai.report.judge_section import WARNING
 from tests.unit.report.synthetic_run import HOSTILE, make_run
 
 CHART_IDS = (
@@ -28,6 +29,7 @@ CHART_IDS = (
     "chart-funnel-1",
     "chart-funnel-2",
     "chart-costs",
+    "chart-judge-check",
 )
 TABLE_IDS = (
     "table-eval",
@@ -36,6 +38,9 @@ TABLE_IDS = (
     "table-skips",
     "table-costs",
     "table-examples",
+    "table-judge-check",
+    "table-judge-bias",
+    "table-judge-cases",
 )
 
 
@@ -171,3 +176,49 @@ def test_stage_models_come_from_the_run_state_when_the_manifest_lacks_them(tmp_p
         json.dumps({"fingerprint": "x", "stages": [{"number": 1, "served_name": "stage1-zzz"}]})
     )
     assert load_run(run_dir).stage(1).model == "stage1-zzz"
+
+
+def _section(html: str, section_id: str) -> str:
+    return html.split(f'<section id="{section_id}">', 1)[1].split("</section>", 1)[0]
+
+
+def test_the_judges_agreement_stands_beside_every_judge_number(run_dir):
+    check = load_run(run_dir).judge_check
+    assert check is not None and check.trustworthy
+    note = f"judge agreement {check.agreement.interval.rate:.0%}"
+    html = build_report(run_dir).read_text()
+    card = html.split('id="card-judge"', 1)[1].split('<div class="card"', 1)[0]
+    assert note in card
+    table = html.split('id="table-eval"', 1)[1].split("</table>", 1)[0]
+    # Judge (all) for base and both stages, Judge vs base for both stages.
+    assert table.count(note) == 5
+    assert WARNING not in html
+
+
+def test_the_judge_check_section_shows_agreement_per_kind_accuracy_and_position_bias(run_dir):
+    section = _section(build_report(run_dir).read_text(), "judge")
+    for kind in ("truncated", "repeated", "off topic", "wrong fact", "all corruptions"):
+        assert kind in section
+    assert "Good answers judged ok" in section and "Corrupted answers judged not ok" in section
+    assert "A-first and B-first queries disagree" in section
+    assert "prefers letter A by 0.00 nats" in section
+    assert "jc1-qa-01" in section  # every case's margins, for inspection
+
+
+def test_an_untrustworthy_judge_puts_a_warning_over_its_figures(tmp_path):
+    run_dir = make_run(tmp_path / "chance", stages=1, judge="chance")
+    html = build_report(run_dir).read_text()
+    assert WARNING in html.split("<nav>", 1)[0]  # the header, beside the judge card
+    assert WARNING in _section(html, "evaluation")
+    judge = _section(html, "judge")
+    assert WARNING in judge and "no better than chance" in judge
+    assert "prefers letter A by 2.00 nats" in judge
+
+
+def test_a_run_without_a_judge_check_says_its_judge_is_unchecked(tmp_path):
+    run_dir = make_run(tmp_path / "old", stages=1, judge=None)
+    inputs = load_run(run_dir)
+    assert inputs.judge_check is None and "judge_check.json" in inputs.missing
+    html = build_report(run_dir).read_text()
+    assert "judge unchecked" in html.split('id="card-judge"', 1)[1]
+    assert "No judge check in this run folder" in _section(html, "judge")

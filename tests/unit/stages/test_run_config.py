@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from cai.stages.config import RunConfig, RunConfigError, deep_merge, load_run_config
+from cai.stages.config import (
+    RunConfig,
+    RunConfigError,
+    deep_merge,
+    load_run_config,
+    with_base_model,
+)
 from cai.stages.runner import _last_seq
 from cai.stages.state import RunState, load_state, save_state
 
@@ -73,3 +79,12 @@ def test_torn_last_event_line_is_dropped_not_parsed(tmp_path: Path) -> None:
     events.write_text('{"seq": 1, "step": 1}\n{"seq": 2, "step": 2}\n{"seq": 3, "st')
     assert _last_seq(events) == 2
     assert events.read_text().endswith('"step": 2}\n')
+
+
+def test_real_cpu_config_on_another_base_keeps_the_judge_the_base() -> None:
+    config = load_run_config(Path(__file__).parents[3] / "configs" / "real-cpu.yaml")
+    assert config.generator.base_model == config.pipeline["judge"]["model"] == "gemma3-270m"
+    other = with_base_model(config, "smollm2-135m")
+    assert other.generator.base_model == other.trainer.base_model == "smollm2-135m"
+    assert other.pipeline["judge"]["model"] == "smollm2-135m"
+    assert other.stages == config.stages and other.job == config.job

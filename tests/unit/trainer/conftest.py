@@ -4,8 +4,10 @@ stand-in bodies of fake_bodies.py, and a TestClient with the runner started."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -90,3 +92,64 @@ def wait_for_state(
                     break
     job: dict[str, object] = client.get(f"/v1/jobs/{job_id}").json()
     return job
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+    consumed: int
+    """Body bytes the app asked for before it answered."""
+
+
+async def raw_request(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    offered: int = 0,
+    chunk: int = 1024,
+    headers: dict[str, str] | None = None,
+) -> RawAnswer:
+    """One request straight into the ASGI app, its body (`offered` bytes of spaces, which is
+    also valid JSON padding) handed out a chunk at a time and counted: what the app read."""
+    consumed = 0
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal consumed
+        if consumed >= offered:
+            return {"type": "http.disconnect"}
+        size = min(chunk, offered - consumed)
+        consumed += size
+        return {"type": "http.request", "body": b" " * size, "more_body": consumed < offered}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")]
+        + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    text = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = {}
+    answer_headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return RawAnswer(start["status"], answer_headers, body, consumed)

@@ -137,7 +137,7 @@ JOB_CASES = [
     pytest.param(
         lambda ds: dpo(ds, base_model="no-such-model"),
         422,
-        ["unknown base model", "available: tiny"],
+        ["unknown base model", "available: ", "tiny"],  # other built models may be listed too
         id="unknown-base-model",
     ),
     pytest.param(

@@ -67,6 +67,20 @@ def test_a_folder_under_a_root_resolves(roots: tuple[TrainerSettings, Store]) ->
     assert resolve_base_model(absolute, settings, store).path == absolute
 
 
+def test_a_gguf_file_under_a_root_resolves_and_one_outside_does_not(
+    roots: tuple[TrainerSettings, Store], tmp_path: Path
+) -> None:
+    settings, store = roots
+    (settings.model_roots[0] / "mine.gguf").write_bytes(b"GGUF")
+    (tmp_path / "outside.gguf").write_bytes(b"GGUF")
+    resolved = resolve_base_model("mine.gguf", settings, store)
+    assert resolved.path == str(settings.model_roots[0] / "mine.gguf")  # the job converts it
+    with pytest.raises(Unprocessable):
+        resolve_base_model(str(tmp_path / "outside.gguf"), settings, store)
+    with pytest.raises(Unprocessable):
+        resolve_base_model("absent.gguf", settings, store)
+
+
 @pytest.mark.parametrize(
     "name", ["../outside", "base/../../outside", "link", "/etc", "missing", "", "a\x00b", "org"]
 )

@@ -17,6 +17,7 @@ from protocol.datasets import DatasetRecord
 from protocol.errors import Problem
 from protocol.names import check_name
 from services.trainer.api.deps import Authorized, State
+from services.trainer.api.door import BodyLimit
 from services.trainer.core.errors import BadRequest, NotFound, PayloadTooLarge
 from services.trainer.datasets import ingest
 
@@ -47,6 +48,12 @@ def _too_large(limit: int) -> PayloadTooLarge:
         f"the upload is larger than the limit of {limit} bytes: split the dataset or raise "
         "CAI_TRAINER_MAX_UPLOAD_BYTES on the trainer"
     )
+
+
+def upload_body_limit(limit: int) -> BodyLimit:
+    """The door's limit for the upload route (api/door.py): the upload plus its multipart
+    framing. The route enforces the exact limit itself, as below."""
+    return BodyLimit(limit + MULTIPART_SLACK, _too_large(limit).detail)
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
