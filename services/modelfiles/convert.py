@@ -13,7 +13,6 @@ byte-identical safetensors (the marker file records every output file's sha256).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -33,7 +32,7 @@ class ConvertError(RuntimeError):
 def fingerprint(folder: Path) -> dict[str, str]:
     """sha256 of every file in the folder (except the marker), by relative path."""
     return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(folder)): sha256_file(p)
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MARKER
     }

@@ -3,13 +3,12 @@ not at all (write elsewhere on the same filesystem, fsync, rename, fsync the par
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import uuid
 from pathlib import Path
 
-CHUNK = 1 << 20
+from services.modelfiles.fetch import sha256_file
 
 
 def fsync_dir(path: Path) -> None:
@@ -60,14 +59,6 @@ def discard(path: Path) -> None:
     trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sha256_tree(folder: Path) -> dict[str, str]:
