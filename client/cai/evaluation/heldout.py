@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # The pipeline's own duplicate measure: "the same instruction" means one thing everywhere.
 from cai.pipeline.dedupe import jaccard, normalise, shingles
 from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
+
+M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_HELDOUT = "heldout_v1.yaml"
 
@@ -76,21 +79,29 @@ class HeldoutSet(BaseModel):
         return groups
 
 
-def load_heldout(path: Path | str | None = None) -> HeldoutSet:
-    """Load a held-out set: `path`, or the packaged `heldout_v1.yaml` when None."""
+def load_packaged(
+    model: type[M], path: Path | str | None, default: str, what: str, error: type[Exception]
+) -> M:
+    """`path` (or the packaged `cai/evaluation/<default>` when None) validated as `model`;
+    `error(message)` naming the file when it cannot be read or is not valid."""
     if path is None:
-        text = resources.files("cai.evaluation").joinpath(DEFAULT_HELDOUT).read_text("utf-8")
-        source = f"cai/evaluation/{DEFAULT_HELDOUT}"
+        text = resources.files("cai.evaluation").joinpath(default).read_text("utf-8")
+        source = f"cai/evaluation/{default}"
     else:
         try:
             text = Path(path).read_text("utf-8")
         except OSError as exc:
-            raise HeldoutError(f"cannot read the held-out set {path}: {exc}") from exc
+            raise error(f"cannot read the {what} {path}: {exc}") from exc
         source = str(path)
     try:
-        return HeldoutSet.model_validate(yaml.safe_load(text))
+        return model.model_validate(yaml.safe_load(text))
     except (yaml.YAMLError, ValidationError) as exc:
-        raise HeldoutError(f"{source} is not a valid held-out set: {exc}") from exc
+        raise error(f"{source} is not a valid {what}: {exc}") from exc
+
+
+def load_heldout(path: Path | str | None = None) -> HeldoutSet:
+    """Load a held-out set: `path`, or the packaged `heldout_v1.yaml` when None."""
+    return load_packaged(HeldoutSet, path, DEFAULT_HELDOUT, "held-out set", HeldoutError)
 
 
 def similarity(a: str, b: str) -> float:

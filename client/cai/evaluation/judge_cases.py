@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cai.evaluation.heldout import load_packaged
 from cai.pipeline.dedupe import normalise
 from cai.pipeline.records import InstructionType, derive_seed
 
@@ -81,19 +80,7 @@ class JudgeCases(BaseModel):
 
 def load_judge_cases(path: Path | str | None = None) -> JudgeCases:
     """Load a judge cases file: `path`, or the packaged `judge_cases_v1.yaml` when None."""
-    if path is None:
-        text = resources.files("cai.evaluation").joinpath(DEFAULT_JUDGE_CASES).read_text("utf-8")
-        source = f"cai/evaluation/{DEFAULT_JUDGE_CASES}"
-    else:
-        try:
-            text = Path(path).read_text("utf-8")
-        except OSError as exc:
-            raise JudgeCasesError(f"cannot read the judge cases {path}: {exc}") from exc
-        source = str(path)
-    try:
-        return JudgeCases.model_validate(yaml.safe_load(text))
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise JudgeCasesError(f"{source} is not a valid judge cases file: {exc}") from exc
+    return load_packaged(JudgeCases, path, DEFAULT_JUDGE_CASES, "judge cases file", JudgeCasesError)
 
 
 def truncated(text: str, share: float = TRUNCATE_SHARE) -> str:
