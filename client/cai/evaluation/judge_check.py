@@ -189,6 +189,7 @@ def summarize_check(
     agreement = _agreement([p for kind in CORRUPTIONS for p in pairs[kind]])
     bias = _position_bias(answers)
     queries = [q for a in answers for q in a.queries]
+    read = [q.labels_in_top_k == 2 for q in queries if q.labels_in_top_k is not None]
     return JudgeCheck(
         **_identity(model, cases_version, template, pipeline),
         cases=len(results),
@@ -199,6 +200,7 @@ def summarize_check(
         good_ok=_rate([a.judge_ok for a in answers if a.kind == "good"]),
         corrupted_not_ok=_rate([not a.judge_ok for a in answers if a.kind != "good"]),
         position_bias=bias,
+        labels_read=_rate(read) if read else None,
         trustworthy=agreement.interval.low > 0.5,
         verdict=verdict(agreement, bias),
         prompt_tokens=sum(q.usage.prompt_tokens for q in queries),

@@ -204,6 +204,11 @@ class JudgeCheck(BaseModel):
     good_ok: Interval = Field(description="Good answers judged ok.")
     corrupted_not_ok: Interval = Field(description="Corrupted answers judged not ok.")
     position_bias: PositionBias
+    labels_read: Interval | None = Field(
+        default=None,
+        description="Share of queries whose next-token top-k held both labels (the judge's "
+        "parse rate: the rest were floored or scored). None: not recorded (older checks).",
+    )
     trustworthy: bool = Field(description="Wilson lower bound of the agreement > 0.5.")
     verdict: str = Field(description="One line a person reads first.")
     prompt_tokens: int = 0

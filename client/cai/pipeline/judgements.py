@@ -167,6 +167,7 @@ async def ask(
     count = count or _usage
     label_a, label_b = labels
     usage = TokenUsage()
+    in_top_k: int | None = None  # stays None when only scoring is asked
     if method != "scored":
         result = await complete(
             [query.prompt],
@@ -184,12 +185,14 @@ async def ask(
             else None
         ) or {}
         lp_a, lp_b = read_label(top, label_a), read_label(top, label_b)
+        in_top_k = (lp_a is not None) + (lp_b is not None)
         if lp_a is not None and lp_b is not None:
             return JudgeQuery(
                 good_label=query.good_label,
                 logprob_a=lp_a,
                 logprob_b=lp_b,
                 method="top_logprobs",
+                labels_in_top_k=in_top_k,
                 usage=usage,
             )
         if method == "top_logprobs":
@@ -200,6 +203,7 @@ async def ask(
                 logprob_a=floor if lp_a is None else lp_a,
                 logprob_b=floor if lp_b is None else lp_b,
                 method="top_logprobs",
+                labels_in_top_k=in_top_k,
                 usage=usage,
             )
     result = await complete(
@@ -225,6 +229,7 @@ async def ask(
         logprob_a=round(scores[0], 6),
         logprob_b=round(scores[1], 6),
         method="scored",
+        labels_in_top_k=in_top_k,
         usage=TokenUsage(
             prompt_tokens=usage.prompt_tokens + scored_usage.prompt_tokens,
             completion_tokens=usage.completion_tokens + scored_usage.completion_tokens,

@@ -135,6 +135,15 @@ class JudgeQuery(_Model):
     logprob_a: float
     logprob_b: float
     method: Literal["top_logprobs", "scored"]
+    labels_in_top_k: int | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description=(
+            "How many of the two labels the next token's top-k held (2: both read, not "
+            "floored). None: not recorded (older runs) or no top-k was asked (`scored`)."
+        ),
+    )
     usage: TokenUsage = Field(default_factory=TokenUsage)
 
 

@@ -162,6 +162,12 @@ def judge_check(inputs: RunInputs) -> str:
             ["Corrupted answers judged not ok", h.interval(check.corrupted_not_ok)],
             ["A-first and B-first queries disagree on the verdict", orders],
             [
+                "Both labels in the next token's top-k (parse rate)",
+                h.interval(check.labels_read)
+                if check.labels_read is not None
+                else '<span class="muted">not recorded</span>',
+            ],
+            [
                 "Letter preference: mean log P(A) − log P(B)",
                 f"prefers letter {'A' if bias.prefers_a_nats >= 0 else 'B'} by "
                 f"{abs(bias.prefers_a_nats):.2f} nats",

@@ -144,6 +144,29 @@ async def test_a_perfect_judge_agrees_on_every_pair_and_is_trustworthy(tmp_path)
     assert check.position_bias.order_disagrees.rate == 0.0
     assert check.position_bias.prefers_a_nats == pytest.approx(0.0)
     assert "tells good answers from corrupted ones" in check.verdict
+    assert check.labels_read is not None and check.labels_read.rate == 1.0
+
+
+async def test_the_parse_rate_counts_queries_whose_top_k_lacked_a_label(tmp_path):
+    judge = perfect()
+    answer = judge.complete
+
+    async def drop_b_from_every_other_query(prompts, **params):
+        result = await answer(prompts, **params)
+        if len(judge.calls) % 2 == 0:
+            top = result.choices[0][0].logprobs.top_logprobs[0]
+            top.pop(" B", None)
+        return result
+
+    check = await check_judge(
+        drop_b_from_every_other_query,
+        model="tiny",
+        pipeline=PipelineConfig(seed=3, judge={"method": "top_logprobs"}),
+        run_dir=tmp_path,
+    )
+    assert check.labels_read is not None
+    assert check.labels_read.n == len(judge.calls)
+    assert check.labels_read.successes == len(judge.calls) // 2
 
 
 async def test_a_judge_that_always_says_a_is_chance_with_full_position_bias(tmp_path):

@@ -155,6 +155,7 @@ async def test_ask_reads_both_labels_from_the_top_logprobs_in_one_request() -> N
     )
     assert (query.method, query.logprob_a, query.logprob_b) == ("top_logprobs", -0.1, -2.5)
     assert len(judge.calls) == 1 and query.usage.prompt_tokens == 3
+    assert query.labels_in_top_k == 2
 
 
 async def test_ask_scores_a_label_missing_from_the_top_k_exactly() -> None:
@@ -172,3 +173,47 @@ async def test_ask_scores_a_label_missing_from_the_top_k_exactly() -> None:
     )
     assert (query.method, query.logprob_a, query.logprob_b) == ("scored", -0.7, -3.0)
     assert judge.calls[1]["echo"] is True and query.usage.prompt_tokens == 6
+    assert query.labels_in_top_k == 1  # what the top-k held before it was scored
+
+
+@pytest.mark.parametrize(
+    ("top", "held"), [({" A": -0.1, " the": -4.0}, 1), ({" the": -0.2, " a": -4.0}, 0)]
+)
+async def test_a_floored_label_is_counted_as_not_read(top, held) -> None:
+    from cai.pipeline.judgements import JudgePrompt, ask
+
+    judge = _FakeJudge(top, echoed=(0.0, 0.0))
+    query = await ask(
+        judge.complete,
+        JudgePrompt(prompt="Which?", good_label="A"),
+        model="m",
+        labels=(" A", " B"),
+        method="top_logprobs",
+        top_logprobs=5,
+        seed=1,
+    )
+    assert query.labels_in_top_k == held
+    assert query.logprob_b == -4.0  # floored at the smallest listed log-prob
+    assert len(judge.calls) == 1
+
+
+async def test_scoring_alone_records_no_top_k_count() -> None:
+    from cai.pipeline.judgements import JudgePrompt, ask
+
+    judge = _FakeJudge({}, echoed=(-0.7, -3.0))
+    query = await ask(
+        judge.complete,
+        JudgePrompt(prompt="Which?", good_label="A"),
+        model="m",
+        labels=(" A", " B"),
+        method="scored",
+        top_logprobs=5,
+        seed=1,
+    )
+    assert query.method == "scored" and query.labels_in_top_k is None
+    assert len(judge.calls) == 1
+
+
+def test_a_query_written_before_the_count_existed_still_reads() -> None:
+    old = {"good_label": "A", "logprob_a": -0.1, "logprob_b": -2.0, "method": "top_logprobs"}
+    assert JudgeQuery.model_validate(old).labels_in_top_k is None

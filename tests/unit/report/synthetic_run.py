@@ -172,6 +172,7 @@ def _judged(kind: AnswerKind, text: str, margin: float, lean_a: float) -> Judged
             logprob_a=-1.0 + lean_a + (margin if good == "A" else -margin) / 2,
             logprob_b=-1.0 - (margin if good == "A" else -margin) / 2,
             method="top_logprobs",
+            labels_in_top_k=2,
         )
         for good in ("A", "B")
     ]

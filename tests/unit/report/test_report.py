@@ -202,6 +202,8 @@ def test_the_judge_check_section_shows_agreement_per_kind_accuracy_and_position_
     assert "Good answers judged ok" in section and "Corrupted answers judged not ok" in section
     assert "A-first and B-first queries disagree" in section
     assert "prefers letter A by 0.00 nats" in section
+    parse = section.split("(parse rate)", 1)[1].split("</tr>", 1)[0]
+    assert "<strong>100%</strong>" in parse
     assert "jc1-qa-01" in section  # every case's margins, for inspection
 
 
