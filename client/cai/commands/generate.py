@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
-import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cai.evaluation.heldout import HeldoutError
 from cai.generator import GeneratorError
 from cai.pipeline import (
     STEPS,
@@ -41,7 +42,9 @@ from cai.pipeline import (
 )
 from cai.pipeline.config import small_test_overlay, validate_config
 from cai.pipeline.constitution import ConstitutionError
-from cai.pipeline.runner import CONFIG_FILE
+from cai.pipeline.instructions import InstructionFileError
+from cai.pipeline.prompts import TemplateError
+from cai.pipeline.runner import CONFIG_FILE, GeneratorUnreachable
 from cai.pipeline.seeds import SeedPoolError
 from cai.pipeline.store import RERUN_STEPS, archive_from
 
@@ -49,15 +52,23 @@ console = Console()
 err_console = Console(stderr=True)
 logger = logging.getLogger(__name__)
 
-USER_ERRORS = (
+# A file the user gave cannot be used: exit 2, one line naming the file (and line).
+INPUT_ERRORS = (
     ConfigError,
+    ConstitutionError,
+    SeedPoolError,
+    TemplateError,
+    HeldoutError,
+    InstructionFileError,
+    FileNotFoundError,
+)
+USER_ERRORS = (
+    *INPUT_ERRORS,
+    GeneratorUnreachable,
     RunConfigMismatch,
     ModelNotServed,
     StoreCorrupt,
-    ConstitutionError,
-    SeedPoolError,
     GeneratorError,
-    FileNotFoundError,
 )
 
 ConfigArg = Annotated[
@@ -71,6 +82,12 @@ EndpointOpt = Annotated[
         help="Generator base URL (repeat for replicas); replaces the config's endpoints.",
     ),
 ]
+
+
+def fail(problem: BaseException | str, code: int) -> NoReturn:
+    """Print `problem` as one `error:` line (never wrapped, markup shown as text); exit `code`."""
+    err_console.print(f"[red]error:[/red] {escape(str(problem))}", soft_wrap=True)
+    raise typer.Exit(code) from (problem if isinstance(problem, BaseException) else None)
 
 
 class RichProgress:
@@ -146,8 +163,7 @@ def _run(
     try:
         return asyncio.run(go())
     except USER_ERRORS as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        fail(exc, 2)
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -216,11 +232,12 @@ def generate(
     try:
         config = _build_config(config_path, small_test, endpoint, model, seed, concurrency)
     except USER_ERRORS as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        fail(exc, 2)
     folder = run_dir or runs_root / (name or config.name)
     summary = _run(config, folder, show_progress=progress, accept_change=False)
     print_summary(summary)
+    if summary.status != "complete":
+        fail(f"run {summary.status}: {summary.status_reason}", 1)
 
 
 rerun_app = typer.Typer(help="Redo one step (and everything after it) of an existing run.")
@@ -240,9 +257,7 @@ def _rerun_command(step: str) -> Any:
             if config_path is None:
                 if not saved.exists():
                     raise ConfigError(f"{saved} missing: is {run} a run folder?")
-                config = validate_config(
-                    yaml.safe_load(saved.read_text(encoding="utf-8")), source=str(saved)
-                )
+                config = load_config(saved)
             else:
                 config = load_config(config_path)
             if endpoint:
@@ -250,12 +265,14 @@ def _rerun_command(step: str) -> Any:
                     {**config.model_dump(), "endpoints": [{"url": url} for url in endpoint]}
                 )
         except USER_ERRORS as exc:
-            err_console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+            fail(exc, 2)
         moved = archive_from(run, step)
         for path in moved:
             console.print(f"moved {path.name} to {path.parent}")
-        print_summary(_run(config, run, show_progress=progress, accept_change=True))
+        summary = _run(config, run, show_progress=progress, accept_change=True)
+        print_summary(summary)
+        if summary.status != "complete":
+            fail(f"run {summary.status}: {summary.status_reason}", 1)
 
     rerun.__doc__ = f"Redo `{step}` and every later step of a run (old files kept under replaced/)."
     return rerun

@@ -19,19 +19,25 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cai.commands.generate import USER_ERRORS, RichProgress
+from cai.commands.generate import INPUT_ERRORS, USER_ERRORS, RichProgress, fail
 from cai.evaluation.evaluate import EvaluationError
 from cai.evaluation.records import EvalSummary
 from cai.pipeline.runner import ProgressSink
 from cai.report import build_report
-from cai.stages.config import RunConfigError, load_run_config, with_base_model
+from cai.stages.config import (
+    RunConfigError,
+    check_run_inputs,
+    load_run_config,
+    with_base_model,
+)
 from cai.stages.runner import RunError, RunResult, run_stages
 from cai.trainer import TrainerError
 from protocol.jobs import JobEvent
 
 console = Console()
-err_console = Console(stderr=True)
 
+# A file that cannot be used exits 2 with nothing written; what fails while running exits 1.
+BAD_INPUT = (*INPUT_ERRORS, RunConfigError)
 RUN_ERRORS = (*USER_ERRORS, RunConfigError, RunError, TrainerError, EvaluationError)
 
 
@@ -178,11 +184,14 @@ def run(
         config = load_run_config(config_path, **overrides)
         if base_model:
             config = with_base_model(config, base_model)
+        check_run_inputs(config)
+    except BAD_INPUT as exc:
+        fail(exc, 2)
+    try:
         result = asyncio.run(run_stages(config, ConsoleReporter(show_progress=not no_progress)))
         report = build_report(config.run_dir)
     except RUN_ERRORS as exc:
-        err_console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
+        fail(exc, 1)
     print_result(result, report)
 
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cai.trainer import DEFAULT_URL, JobNotSucceeded, TrainerClient, TrainerError
+from cai.yamlfile import read_mapping
 from protocol.jobs import DpoJobSpec, JobEvent, JobRecord, JobSpec, JobState, MergeJobSpec
 
 app = typer.Typer(help="The trainer service: datasets, DPO and merge jobs, adapters.")
@@ -119,12 +119,7 @@ def datasets_show(ctx: typer.Context, dataset_id: str) -> None:
 
 def load_spec(path: Path, overrides: dict[str, str | None]) -> DpoJobSpec | MergeJobSpec:
     """A YAML or JSON recipe plus command-line overrides, validated as a JobSpec."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path} must hold a mapping (a job spec)")
+    data = read_mapping(path, "job spec", typer.BadParameter)
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return _SPEC.validate_python(data)

@@ -31,7 +31,7 @@ import logging
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cai.evaluation.heldout import HeldoutInstruction, HeldoutSet, load_heldout
 from cai.evaluation.pair_accuracy import (
@@ -73,6 +73,9 @@ class EvaluationError(RuntimeError):
 class EvalSettings(BaseModel):
     """Knobs of the held-out evaluation (the `evaluation:` section of a `cai run` config)."""
 
+    # A misspelt knob is refused, not ignored; `.inf` / `.nan` mean nothing for any of them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     heldout: str | None = Field(
         default=None, description="Held-out set file; None: the packaged heldout_v1.yaml."
     )
@@ -80,7 +83,9 @@ class EvalSettings(BaseModel):
     temperature: float = Field(
         default=0.0, ge=0.0, description="0: greedy, so stages differ only by their weights."
     )
-    seed: int = Field(default=0, description="Picks the few-shot examples and sampling seeds.")
+    seed: int = Field(
+        default=0, ge=0, description="Picks the few-shot examples and sampling seeds."
+    )
     few_shot: int | None = Field(
         default=None,
         ge=0,

@@ -22,12 +22,12 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The pipeline's own duplicate measure: "the same instruction" means one thing everywhere.
 from cai.pipeline.dedupe import jaccard, normalise, shingles
 from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
+from cai.yamlfile import load_yaml, read_text, validate
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -88,15 +88,9 @@ def load_packaged(
         text = resources.files("cai.evaluation").joinpath(default).read_text("utf-8")
         source = f"cai/evaluation/{default}"
     else:
-        try:
-            text = Path(path).read_text("utf-8")
-        except OSError as exc:
-            raise error(f"cannot read the {what} {path}: {exc}") from exc
+        text = read_text(path, what, error)
         source = str(path)
-    try:
-        return model.model_validate(yaml.safe_load(text))
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise error(f"{source} is not a valid {what}: {exc}") from exc
+    return validate(model, load_yaml(text, source, what, error), source, error, text=text)
 
 
 def load_heldout(path: Path | str | None = None) -> HeldoutSet:

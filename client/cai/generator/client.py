@@ -288,7 +288,7 @@ class GeneratorClient(BearerHttpClient):
                 error = GeneratorConnectionError(
                     f"cannot reach the generator at {self.base_url} ({method} {path}: "
                     f"{type(exc).__name__}: {exc}); is it running? Start it with `make serve` "
-                    "or pass the right --base-url.",
+                    "or give the right URL (CAI_GENERATOR_URL).",
                     url=url,
                 )
                 error.__cause__ = exc
@@ -324,7 +324,8 @@ def _status_error(response: httpx.Response, method: str, url: str) -> GeneratorS
     cls = status_error_class(response.status_code)
     hint = ""
     if response.status_code in (401, 403):
-        hint = " (pass the generator's API key: --api-key or CAI_GENERATOR_API_KEY)"
+        # The variable, not a flag: `cai generator`, `cai generate` and `cai run` all read it.
+        hint = " (set CAI_GENERATOR_API_KEY to the server's key)"
     message = f"{method} {url} failed with {response.status_code}: {server_message}{hint}"
     return cls(
         message,

@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.pipeline.prompts import MAX_STOP_STRINGS
 from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
-from cai.yamlfile import read_mapping, validate
+from cai.yamlfile import parse_mapping, read_text, validate
 
 
 class ConfigError(ValueError):
@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # `.inf` and `.nan` are valid YAML floats; no knob of a run means anything at either.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class EndpointConfig(_Section):
@@ -67,9 +68,10 @@ class InstructionsConfig(_Section):
     file: str | None = Field(
         default=None, description="JSONL with {type, text} (and optional id) per line."
     )
-    counts: dict[InstructionType, int] = Field(
+    counts: dict[InstructionType, Annotated[int, Field(ge=0)]] = Field(
         default_factory=lambda: {t: 250 for t in INSTRUCTION_TYPES},
-        description="Instructions to keep per type (after duplicate removal).",
+        description="Instructions to keep per type (after duplicate removal); 0 leaves a type "
+        "out, and at least one must be above 0.",
     )
     few_shot: int = Field(default=4, ge=1, description="Seed instructions shown per prompt.")
     max_attempts_factor: float = Field(
@@ -92,6 +94,8 @@ class InstructionsConfig(_Section):
     def _file_when_file(self) -> InstructionsConfig:
         if self.source == "file" and not self.file:
             raise ValueError("instructions.source is 'file': set instructions.file to a JSONL path")
+        if self.source == "generate" and not any(self.counts.values()):
+            raise ValueError("instructions.counts asks for no instruction: give a type a count")
         return self
 
 
@@ -197,6 +201,15 @@ class RetryConfig(_Section):
         description="Seconds a tripped endpoint is skipped; then one request probes it "
         "(success: back in rotation, failure: skipped again).",
     )
+    max_failed_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="A run whose failed records (requests that kept failing after every retry) "
+        "pass this share of its records ends `failed` with a non-zero exit, not `complete`: "
+        "past a few percent the cause is the server or the network, not bad luck, and the "
+        "pairs would over-represent what was easy to serve. Running again retries them.",
+    )
 
 
 class StoreConfig(_Section):
@@ -208,7 +221,9 @@ class StoreConfig(_Section):
     )
     fsync_interval_s: float = Field(default=1.0, ge=0.0)
     retry_failed: bool = Field(
-        default=True, description="On resume, retry records that failed (instructions excepted)."
+        default=True,
+        description="On resume, ask again for the records that failed (instruction attempts "
+        "included); off keeps them as they are.",
     )
 
 
@@ -275,13 +290,17 @@ class PipelineConfig(_Section):
 
 
 def load_config(path: str | Path, **overrides: Any) -> PipelineConfig:
-    data = read_mapping(path, "pipeline config", ConfigError)
+    text = read_text(path, "pipeline config", ConfigError)
+    data = parse_mapping(text, path, "pipeline config", ConfigError)
     data.update(overrides)
-    return validate_config(data, source=str(path))
+    return validate_config(data, source=str(path), text=text)
 
 
-def validate_config(data: dict[str, Any], *, source: str = "config") -> PipelineConfig:
-    return validate(PipelineConfig, data, source, ConfigError)
+def validate_config(
+    data: dict[str, Any], *, source: str = "config", text: str | None = None
+) -> PipelineConfig:
+    """`text`: the YAML `data` was read from, so that errors name their line."""
+    return validate(PipelineConfig, data, source, ConfigError, text=text)
 
 
 def small_test_overlay(config: PipelineConfig) -> PipelineConfig:

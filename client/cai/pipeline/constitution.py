@@ -14,8 +14,9 @@ import random
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cai.yamlfile import load_yaml, read_text, validate
 
 DEFAULT_CONSTITUTION = Path(__file__).resolve().parent / "constitution.yaml"
 Tag = Literal["helpful", "harmless", "honest"]
@@ -75,15 +76,6 @@ class Constitution(BaseModel):
 
 def load_constitution(path: str | Path | None = None) -> Constitution:
     file = Path(path) if path else DEFAULT_CONSTITUTION
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConstitutionError(f"cannot read constitution {file}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConstitutionError(f"constitution {file} is not valid YAML: {exc}") from exc
-    try:
-        return Constitution.model_validate(data)
-    except ValidationError as exc:
-        raise ConstitutionError(
-            f"constitution {file} does not have the shape of {DEFAULT_CONSTITUTION}: {exc}"
-        ) from exc
+    text = read_text(file, "constitution", ConstitutionError)
+    data = load_yaml(text, file, "constitution", ConstitutionError)
+    return validate(Constitution, data, str(file), ConstitutionError, text=text)

@@ -16,6 +16,7 @@ from pathlib import Path
 from cai.pipeline.prompts import Template, join_blocks
 from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
 from cai.pipeline.seeds import SeedPool
+from cai.yamlfile import decode
 
 # An instruction shorter than this many word characters is noise, not a task.
 MIN_CHARS = 8
@@ -46,26 +47,58 @@ def parse(text: str) -> tuple[str, str | None]:
 
 
 class InstructionFileError(ValueError):
-    """An instructions file line is not {type, text}; the message names the line."""
+    """An instructions file cannot be used; the message names the file and the line."""
 
 
 def read_instruction_file(path: str | Path) -> list[tuple[str | None, InstructionType, str]]:
-    """(id or None, type, text) per line of a JSONL file of `{"type", "text"[, "id"]}`."""
+    """(id or None, type, text) per line of a JSONL file of `{"type", "text"[, "id"]}`.
+
+    The whole file is checked before anything runs: one bad line refuses the file (with its
+    line number) instead of stopping a run half-way. Blank lines are skipped; a UTF-8
+    byte-order mark is accepted.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InstructionFileError(
+            f"cannot read instructions file {path}: {exc.strerror or exc}"
+        ) from None
     rows: list[tuple[str | None, InstructionType, str]] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                kind, text = row["type"], row["text"]
-            except (ValueError, KeyError, TypeError) as exc:
+    first_seen: dict[str, int] = {}
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        line = decode(raw, str(path), InstructionFileError, first_line=number)
+        if not line.strip():
+            continue
+        given_id, kind, text = _parse_line(line, f"{path}:{number}")
+        if given_id is not None:
+            if given_id in first_seen:
                 raise InstructionFileError(
-                    f"{path}:{number}: expected a JSON object with `type` and `text` ({exc})"
-                ) from exc
-            if kind not in INSTRUCTION_TYPES or not isinstance(text, str) or not text.strip():
-                raise InstructionFileError(
-                    f"{path}:{number}: `type` must be one of {INSTRUCTION_TYPES} and `text` non-empty"
+                    f"{path}:{number}: id {given_id!r} is already used on line "
+                    f"{first_seen[given_id]}; ids must be unique"
                 )
-            rows.append((row.get("id"), kind, text.strip()))
+            first_seen[given_id] = number
+        rows.append((given_id, kind, text))
+    if not rows:
+        raise InstructionFileError(f"{path}: no instructions (the file is empty)")
     return rows
+
+
+def _parse_line(line: str, where: str) -> tuple[str | None, InstructionType, str]:
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise InstructionFileError(f"{where}: not JSON ({exc})") from None
+    if not isinstance(row, dict) or "type" not in row or "text" not in row:
+        raise InstructionFileError(f"{where}: expected a JSON object with `type` and `text`")
+    kind, text, given_id = row["type"], row["text"], row.get("id")
+    if kind not in INSTRUCTION_TYPES:
+        raise InstructionFileError(f"{where}: `type` {kind!r} is not one of {INSTRUCTION_TYPES}")
+    if not isinstance(text, str) or not text.strip():
+        raise InstructionFileError(f"{where}: `text` must be a non-empty string")
+    if given_id is not None and (
+        not isinstance(given_id, str) or not given_id.strip() or given_id != given_id.strip()
+    ):
+        raise InstructionFileError(
+            f"{where}: `id` must be a non-empty string without surrounding spaces"
+        )
+    return given_id, kind, text.strip()

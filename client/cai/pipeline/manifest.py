@@ -5,7 +5,8 @@
     manifest.save(run_dir)              # temp file + os.replace: never half-written
 
 Sessions accumulate: a run killed and resumed three times has three sessions, and its wall
-time and GPU-seconds are their sums. GPU-seconds = wall time x the GPUs behind the
+time and GPU-seconds are their sums. A killed session's numbers come from `accounting.jsonl`
+(cai.pipeline.accounting), written as requests return. GPU-seconds = wall time x the GPUs behind the
 endpoints (the generator holds its GPUs for the whole run); cost = GPU-hours x
 `usd_per_gpu_hour`. Token counts are the servers' own `usage` numbers.
 """
@@ -47,13 +48,23 @@ class Session(BaseModel):
         default_factory=dict, description="Per step, this session's requests only."
     )
     completed: bool = False
+    accounted_from_log: bool = Field(
+        default=False,
+        description="The session was killed: its time, tokens and counters were read back "
+        "from accounting.jsonl (cai.pipeline.accounting).",
+    )
 
 
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
-    status: str = "running"
+    status: str = Field(
+        default="running",
+        description="running, interrupted (killed or stopped), failed (ran to the end with "
+        "too many failed records: `status_reason`), complete.",
+    )
+    status_reason: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     config_fingerprint: str = ""
     seed: int = 0

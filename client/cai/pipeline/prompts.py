@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from cai.yamlfile import read_text
+
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 # vLLM's completions API answers 400 to more stop strings than this.
@@ -84,7 +86,7 @@ def parse_template(text: str, *, source: str = "<string>") -> Template:
         elif line.startswith("# ") and ":" in line:
             key, _, value = line[2:].partition(":")
             if key.strip().isidentifier():
-                header[key.strip()] = yaml.safe_load(value.strip()) if value.strip() else None
+                header[key.strip()] = _header_value(value.strip(), f"{source}:{number}")
         elif line.strip() and not line.startswith("#"):
             raise TemplateError(f"{source}:{number}: text before the first `=== section` line")
     for key in ("name", "version"):
@@ -108,9 +110,19 @@ def parse_template(text: str, *, source: str = "<string>") -> Template:
     )
 
 
+def _header_value(value: str, where: str) -> Any:
+    if not value:
+        return None
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise TemplateError(f"{where}: the header value is not valid YAML ({problem})") from None
+
+
 @cache
 def _load_path(path: Path) -> Template:
-    return parse_template(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_template(read_text(path, "template", TemplateError), source=str(path))
 
 
 def load_template(name: str, directory: Path | None = None) -> Template:

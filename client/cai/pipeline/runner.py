@@ -13,8 +13,10 @@ How it runs (DESIGN.md "How the pipeline runs"):
   depend on timing, endpoint or interruptions.
 - A request that keeps failing writes its record with `status: failed` and the reason; the
   chain of that instruction stops there and the run goes on. On the next start those
-  records are retried (`store.retry_failed`), except instruction attempts (their order
-  decides duplicates, so an attempt's outcome is final).
+  records are retried (`store.retry_failed`), instruction attempts included. A run whose
+  failed records pass `retry.max_failed_share` ends `failed`, not `complete`.
+- Before anything is written, every endpoint is asked for its models: a generator that
+  does not answer stops the run at once (`GeneratorUnreachable`).
 - Resume: records already in a step file are reused, never requested again; the instruction
   producer continues at the next attempt of each type.
 """
@@ -27,7 +29,7 @@ import logging
 import math
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,17 +39,17 @@ from typing import Any, Protocol
 
 import yaml
 
-from cai.generator import GeneratorClient, GeneratorConnectionError, GeneratorError
+from cai.generator import GeneratorClient, GeneratorError
 from cai.generator.types import Choice, CompletionResult
 from cai.pipeline import critiques, instructions, judgements, pairs, responses, revisions, rules
+from cai.pipeline.accounting import HEARTBEAT_S, AccountingLog, recover
 from cai.pipeline.config import (
     EndpointConfig,
     PipelineConfig,
     RetryConfig,
     SamplingConfig,
-    validate_config,
+    load_config,
 )
-from cai.pipeline.constitution import load_constitution
 from cai.pipeline.dedupe import DiversityTally, DuplicateIndex, NearDuplicateGroups
 from cai.pipeline.endpoints import (
     CallStats,
@@ -57,8 +59,9 @@ from cai.pipeline.endpoints import (
     RequestFailed,
     RetryingCaller,
 )
+from cai.pipeline.inputs import PipelineInputs
 from cai.pipeline.manifest import Manifest, Session, StepTokens, environment, package_versions
-from cai.pipeline.prompts import Template, load_template
+from cai.pipeline.prompts import Template
 from cai.pipeline.records import (
     INSTRUCTION_TYPES,
     STEPS,
@@ -82,7 +85,6 @@ from cai.pipeline.records import (
     response_id,
     revision_id,
 )
-from cai.pipeline.seeds import load_seed_pool
 from cai.pipeline.split import split_groups
 from cai.pipeline.store import RunStore, write_jsonl_atomic
 from cai.pipeline.summary import RunSummary, summarise
@@ -107,6 +109,10 @@ class RunConfigMismatch(ValueError):
 
 class ModelNotServed(ValueError):
     """An endpoint answers but does not serve the configured model or adapter."""
+
+
+class GeneratorUnreachable(RuntimeError):
+    """No endpoint of the generator (or of the judge) answers `GET /v1/models`."""
 
 
 class ProgressSink(Protocol):
@@ -160,15 +166,16 @@ class PipelineRunner:
         self.stats = stats or generator.stats
         self.progress: ProgressSink = progress or _NoProgress()
         self.gpus = gpus
-        tdir = Path(config.templates_dir) if config.templates_dir else None
-        self.templates: dict[str, Template] = {
-            name: load_template(name, tdir)
-            for name in ("instructions", "responses", "critiques", "revisions", "judge")
-        }
-        self.constitution = load_constitution(config.constitution)
-        self.pool = load_seed_pool(config.seed_pool)
+        # Every file the config names, read before the run folder is touched: a bad one
+        # refuses the run with nothing written.
+        inputs = PipelineInputs.load(config)
+        self.templates: dict[str, Template] = inputs.templates
+        self.constitution = inputs.constitution
+        self.pool = inputs.pool
+        self._file_rows = inputs.instructions
         self.store = RunStore(run_dir, config.store)
         self.counters = _SessionCounters()
+        self.accounting: AccountingLog | None = None  # opened with the session
         self._chains: set[asyncio.Task[None]] = set()
         self._chain_seq = 0
         self._labels = judgements.labels(self.templates["judge"])
@@ -177,23 +184,26 @@ class PipelineRunner:
         self._groups = NearDuplicateGroups(config.split.group_threshold)
         self._tallies = {"instructions": DiversityTally(), "responses": DiversityTally()}
         # Imported here: cai.evaluation builds on the pipeline's modules.
-        from cai.evaluation.heldout import HeldoutGuard, load_heldout
+        from cai.evaluation.heldout import HeldoutGuard
 
-        self.heldout = HeldoutGuard(load_heldout(config.heldout))
+        self.heldout = HeldoutGuard(inputs.heldout)
 
     # ---- the run ------------------------------------------------------------------------
 
     async def run(self) -> RunSummary:
+        # Before anything is written: a generator that is not there fails the run at once,
+        # instead of every request failing after its retries and the folder filling with them.
+        served = await self._served_models()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._check_config()
         self.store.open()
         dropped = self._drop_failed() if self.config.store.retry_failed else {}
         manifest = self._start_manifest(dropped)
+        manifest.served_models = served
         session = manifest.sessions[-1]
         started = time.monotonic()
         saver = asyncio.create_task(self._save_periodically(manifest, session, started))
         try:
-            await self._record_served_models(manifest)
             if self.config.instructions.source == "file":
                 await self._read_file()
             else:
@@ -202,7 +212,8 @@ class PipelineRunner:
                 await asyncio.gather(*list(self._chains))
             split_counts = self._split()
             session.completed = True
-            manifest.status = "complete"
+            manifest.status_reason = self._too_many_failed()
+            manifest.status = "failed" if manifest.status_reason else "complete"
         finally:
             saver.cancel()
             for task in self._chains:
@@ -219,15 +230,27 @@ class PipelineRunner:
         manifest.save(self.run_dir)
         return summary
 
+    def _too_many_failed(self) -> str | None:
+        """Why the run is not complete, when its failed records pass `retry.max_failed_share`."""
+        records = [
+            r for step in STEPS if step != "pairs" for r in self.store.files[step].records.values()
+        ]
+        failed = sum(1 for r in records if r.status == "failed")
+        limit = self.config.retry.max_failed_share
+        if not records or failed <= limit * len(records):
+            return None
+        return (
+            f"{failed} of {len(records)} records failed after their retries ({failed / len(records):.0%}, "
+            f"above retry.max_failed_share {limit:.0%}); run the same command again to retry them"
+        )
+
     def _kinds(self) -> list[InstructionType]:
         return [k for k in INSTRUCTION_TYPES if self.config.instructions.counts.get(k, 0) > 0]
 
     def _check_config(self) -> None:
         path = self.run_dir / CONFIG_FILE
         if path.exists():
-            saved = validate_config(
-                yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path)
-            )
+            saved = load_config(path)
             if saved.fingerprint() != self.config.fingerprint() and not self.accept_config_change:
                 raise RunConfigMismatch(
                     f"{self.run_dir} was started with a different config ({path}); records would "
@@ -240,8 +263,10 @@ class PipelineRunner:
         os.replace(tmp, path)
 
     def _drop_failed(self) -> dict[str, int]:
+        """Remove failed records so that this session asks for them again (instruction
+        attempts included: `_produce` fills the holes first)."""
         dropped = {}
-        for step in STEPS[1:]:
+        for step in STEPS:
             count = self.store.files[step].drop(lambda r: r.status == "failed")
             if count:
                 dropped[step] = count
@@ -253,6 +278,7 @@ class PipelineRunner:
     def _start_manifest(self, dropped: dict[str, int]) -> Manifest:
         config = self.config
         manifest = Manifest.load_or_new(self.run_dir, config.name)
+        recover(manifest, self.run_dir)  # killed sessions: their time and tokens, as logged
         manifest.status = "running"
         manifest.config = config.model_dump(mode="json")
         manifest.config_fingerprint = config.fingerprint()
@@ -284,6 +310,9 @@ class PipelineRunner:
             )
         )
         manifest.save(self.run_dir)
+        self.accounting = AccountingLog.start(
+            self.run_dir, session=len(manifest.sessions) - 1, gpus=self.gpus
+        )
         return manifest
 
     def _fill_session(self, session: Session, started: float) -> None:
@@ -302,49 +331,74 @@ class PipelineRunner:
             manifest.status = "interrupted"
         manifest.total_up()
         manifest.save(self.run_dir)
+        if self.accounting is not None:
+            self.accounting.close()
 
     async def _save_periodically(
         self, manifest: Manifest, session: Session, started: float
     ) -> None:
+        """A heartbeat in the accounting log every second (what a kill must not lose is on
+        disk), the whole manifest every MANIFEST_EVERY_S (it is larger, and fsynced)."""
+        saved = time.monotonic()
         while True:
-            await asyncio.sleep(MANIFEST_EVERY_S)
+            await asyncio.sleep(HEARTBEAT_S)
             self._fill_session(session, started)
-            manifest.total_up()
-            manifest.save(self.run_dir)
+            if self.accounting is not None:
+                self.accounting.heartbeat(session)
+            if time.monotonic() - saved >= MANIFEST_EVERY_S:
+                manifest.total_up()
+                manifest.save(self.run_dir)
+                saved = time.monotonic()
 
-    async def _record_served_models(self, manifest: Manifest) -> None:
-        """Record what each endpoint actually serves; refuse a model no endpoint has."""
+    async def _served_models(self) -> list[dict[str, Any]]:
+        """What each endpoint actually serves (for the manifest), asked once per endpoint.
+
+        Refused: a generator (or judge) none of whose endpoints answers, and a model no
+        endpoint serves. An endpoint that does not answer while another does is only
+        logged: a replica may be restarting, and the pool skips it until it is back.
+        """
         seen: list[dict[str, Any]] = []
         wanted = {self.config.model} | {self.config.judge_model()}
         served: set[str] = set()
-        answered = False
-        callers = [self.generator] + (
-            [self.judge_caller] if self.judge_caller is not self.generator else []
-        )
-        for caller in callers:
+        callers = {"generator": self.generator}
+        if self.judge_caller is not self.generator:
+            callers["judge"] = self.judge_caller
+        for role, caller in callers.items():
+            problems: list[str] = []
+            listed = False  # a client that cannot list (a test double) is taken as answering
             for endpoint in caller.pool.endpoints:
                 models = getattr(endpoint.client, "models", None)
                 if models is None:
+                    listed = True
                     continue
                 try:
                     cards = await models()
-                except GeneratorConnectionError as exc:
-                    logger.warning("cannot list models of %s yet: %s", endpoint.url, exc)
-                    continue
                 except GeneratorError as exc:
-                    logger.warning("listing models of %s failed: %s", endpoint.url, exc)
+                    logger.warning("listing the models of %s failed: %s", endpoint.url, exc)
+                    problems.append(str(exc).split("; ", 1)[0])  # what happened, not the hint
                     continue
-                answered = True
+                listed = True
                 for card in cards:
                     served.add(card.id)
                     if card.id in wanted:
                         seen.append({"endpoint": endpoint.url, **card.model_dump(mode="json")})
-        if answered and not wanted <= served:
+            if problems and not listed:
+                where = (
+                    "the config's `judge.endpoints`"
+                    if role == "judge"
+                    else ("CAI_GENERATOR_URL or the config's `endpoints`")
+                )
+                raise GeneratorUnreachable(
+                    f"the {role} cannot be used: {' | '.join(problems)}. Start it "
+                    f"(`make serve`) or point the run at one that is up ({where}); "
+                    "nothing was written"
+                )
+        if served and not wanted <= served:
             raise ModelNotServed(
                 f"no endpoint serves {sorted(wanted - served)} (served: {sorted(served)}); "
                 "load the adapter or fix `model` / `judge.model` in the config"
             )
-        manifest.served_models = seen
+        return seen
 
     # ---- requests -----------------------------------------------------------------------
 
@@ -363,6 +417,12 @@ class PipelineRunner:
         tokens.requests += 1
         tokens.prompt_tokens += result.usage.prompt_tokens
         tokens.completion_tokens += result.usage.completion_tokens
+        if self.accounting is not None:
+            self.accounting.tokens(
+                step,
+                prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens,
+            )
         return TokenUsage(
             prompt_tokens=result.usage.prompt_tokens,
             completion_tokens=result.usage.completion_tokens,
@@ -406,6 +466,10 @@ class PipelineRunner:
         type with the smallest (next attempt, type order). Answers that come back early wait
         for their turn. So duplicates are found across types, the outcome does not depend on
         timing, and a resumed run continues the same sequence from what the file holds.
+
+        Attempts missing below a type's last one (failed attempts dropped for a retry, see
+        `_drop_failed`) are asked again first, each decided against every instruction
+        already accepted: a request that failed is retried, not counted as final.
         """
         cfg = self.config.instructions
         kinds = self._kinds()
@@ -416,20 +480,29 @@ class PipelineRunner:
         max_attempts = {k: math.ceil(target[k] * cfg.max_attempts_factor) for k in kinds}
         accepted: Counter[str] = Counter()
         decided: Counter[str] = Counter()
+        present: dict[str, set[int]] = {k: set() for k in kinds}
         for record in sorted(file.records.values(), key=lambda r: (r.attempt, r.type)):
             decided[record.type] += 1
+            present.setdefault(record.type, set()).add(record.attempt)
             if record.status == "ok":
                 index.add(record.id, record.text)
                 accepted[record.type] += 1
                 self._start_chain(record)
+        # Per type, the attempts still to ask, in order: the holes, then the next new ones.
+        frontier = {k: max(present[k], default=-1) + 1 for k in kinds}
+        holes = {k: sorted(set(range(frontier[k])) - present[k], reverse=True) for k in kinds}
         for kind in kinds:
             self.progress.planned("instructions", target[kind])
-            if decided[kind] and file.get(instruction_id(kind, decided[kind] - 1)) is None:
-                raise RuntimeError(
-                    f"{file.path}: attempts of {kind} are not a prefix; delete the file"
-                )
+
+        def next_attempt(kind: InstructionType) -> int:
+            if holes[kind]:
+                return holes[kind].pop()
+            frontier[kind] += 1
+            return frontier[kind] - 1
+
         launched = Counter(decided)
         tasks: dict[tuple[str, int], asyncio.Task[_Generation | str]] = {}
+        pending: dict[str, deque[int]] = {k: deque() for k in kinds}  # launched, undecided
         template = self.templates["instructions"]
         order = {k: i for i, k in enumerate(kinds)}
 
@@ -446,11 +519,12 @@ class PipelineRunner:
                         launched[kind] < max_attempts[kind]
                         and launched[kind] - decided[kind] < target[kind] - accepted[kind]
                     ):
-                        key = (kind, launched[kind])
-                        tasks[key] = asyncio.create_task(self._attempt(kind, launched[kind]))
+                        number = next_attempt(kind)
+                        tasks[(kind, number)] = asyncio.create_task(self._attempt(kind, number))
+                        pending[kind].append(number)
                         launched[kind] += 1
-                kind = min(open_kinds, key=lambda k: (decided[k], order[k]))
-                attempt = decided[kind]
+                kind = min(open_kinds, key=lambda k: (pending[k][0], order[k]))
+                attempt = pending[kind].popleft()
                 outcome = await tasks.pop((kind, attempt))
                 iid = instruction_id(kind, attempt)
                 seed = derive_seed(self.config.seed, iid, "instructions")
@@ -546,7 +620,7 @@ class PipelineRunner:
         file = self.store.files["instructions"]
         index = DuplicateIndex(cfg.near_duplicate_threshold)
         counters: Counter[str] = Counter()
-        for given_id, kind, text in instructions.read_instruction_file(str(cfg.file)):
+        for given_id, kind, text in self._file_rows:
             iid = given_id or instruction_id(kind, counters[kind])
             counters[kind] += 1
             record = file.get(iid)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.pipeline.records import INSTRUCTION_TYPES
+from cai.yamlfile import load_yaml, read_text, validate
 
 DEFAULT_SEED_POOL = Path(__file__).resolve().parent / "seed_pool.yaml"
 
@@ -66,7 +66,6 @@ class SeedPool(_Strict):
 
 def load_seed_pool(path: str | Path | None = None) -> SeedPool:
     file = Path(path) if path else DEFAULT_SEED_POOL
-    try:
-        return SeedPool.model_validate(yaml.safe_load(file.read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise SeedPoolError(f"seed pool {file} cannot be used: {exc}") from exc
+    text = read_text(file, "seed pool", SeedPoolError)
+    data = load_yaml(text, file, "seed pool", SeedPoolError)
+    return validate(SeedPool, data, str(file), SeedPoolError, text=text)

@@ -24,6 +24,7 @@ class RunSummary(BaseModel):
     name: str
     model: str
     status: str
+    status_reason: str | None = Field(default=None, description="Why a run is `failed`.")
     funnel: list[tuple[str, int]] = Field(
         description="(stage, records that are ok): instructions accepted -> ... -> train/test rows."
     )
@@ -86,6 +87,7 @@ def summarise(
         name=manifest.name,
         model=config.model,
         status=manifest.status,
+        status_reason=manifest.status_reason,
         funnel=funnel,
         counts=counts,
         skip_reasons=dict(sorted(skips.items())),

@@ -19,7 +19,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.evaluation.evaluate import EvalSettings
-from cai.yamlfile import read_mapping, validate
+from cai.pipeline.config import (
+    EndpointConfig,
+    PipelineConfig,
+    small_test_overlay,
+    validate_config,
+)
+from cai.yamlfile import parse_mapping, read_text, validate
 from protocol.names import SafeName
 
 
@@ -28,7 +34,8 @@ class RunConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # `.inf` and `.nan` are valid YAML floats; no knob of a run means anything at either.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class GeneratorConfig(_Section):
@@ -172,6 +179,55 @@ def with_base_model(config: RunConfig, name: str) -> RunConfig:
     return validate(RunConfig, data, "--base-model", RunConfigError)
 
 
+def stage_pipeline_config(config: RunConfig, number: int, model: str) -> PipelineConfig:
+    """Stage `number`'s PipelineConfig: the preset, the run's `pipeline`, the stage's own
+    overrides, and what the run decides (name, seed, model, endpoints)."""
+    base = PipelineConfig.small_test() if config.small_test else PipelineConfig()
+    data = deep_merge(base.model_dump(mode="json"), config.stage_pipeline(number))
+    data.update(
+        name=f"{config.name}-stage{number}",
+        seed=config.seed + number,
+        model=model,
+        base_model=config.generator.base_model,
+        endpoints=[
+            EndpointConfig(
+                url=url,
+                concurrency=config.generator.concurrency,
+                api_key_env=config.generator.api_key_env,
+            ).model_dump()
+            for url in [config.generator.url, *config.generator.replicas]
+        ],
+    )
+    pipeline = validate_config(data, source=f"{config.name} stage {number} pipeline")
+    return small_test_overlay(pipeline) if config.small_test else pipeline
+
+
 def load_run_config(path: str | Path, **overrides: Any) -> RunConfig:
-    data = deep_merge(read_mapping(path, "run config", RunConfigError), overrides)
-    return validate(RunConfig, data, str(path), RunConfigError)
+    """The run config at `path`, every stage's pipeline checked too: a bad count in stage 3
+    is refused now, not after the baseline and two stages have run."""
+    text = read_text(path, "run config", RunConfigError)
+    data = deep_merge(parse_mapping(text, path, "run config", RunConfigError), overrides)
+    config = validate(RunConfig, data, str(path), RunConfigError, text=text)
+    for number in range(1, len(config.stages) + 1):
+        merged = deep_merge(PipelineConfig().model_dump(mode="json"), config.stage_pipeline(number))
+        validate(
+            PipelineConfig,
+            merged,
+            f"{path} (stage {number}'s pipeline)",
+            RunConfigError,
+            text=text,
+            under=(("stages", str(number - 1), "pipeline"), ("pipeline",)),
+        )
+    return config
+
+
+def check_run_inputs(config: RunConfig) -> None:
+    """Read every file the run's stages and evaluation name (templates, constitution, seed
+    pool, held-out sets, instruction files): a bad one is refused before the first step
+    writes anything, with its loader's one-line error."""
+    from cai.evaluation.heldout import load_heldout
+    from cai.pipeline.inputs import PipelineInputs
+
+    load_heldout(config.evaluation.heldout)
+    for number in range(1, len(config.stages) + 1):
+        PipelineInputs.load(stage_pipeline_config(config, number, config.generator.base_model))

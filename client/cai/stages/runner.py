@@ -37,10 +37,9 @@ from cai.evaluation.judge_check import check_judge, reusable_check
 from cai.evaluation.records import EvalSummary, JudgeCheck
 from cai.generator import GeneratorClient, adapter_version_name, probe_adapter, publish
 from cai.pipeline import PipelineConfig, RunSummary, run_pipeline
-from cai.pipeline.config import EndpointConfig, small_test_overlay, validate_config
 from cai.pipeline.manifest import package_versions
 from cai.pipeline.runner import ProgressSink
-from cai.stages.config import RunConfig, deep_merge
+from cai.stages.config import RunConfig, stage_pipeline_config
 from cai.stages.state import RunState, StageState, load_state, save_state, write_json_atomic
 from cai.trainer import TrainerClient
 from protocol.jobs import DpoJobSpec, JobEvent, JobRecord, JobState, MergeJobSpec
@@ -169,25 +168,7 @@ class StageRunner:
     # ---- configs of the parts -----------------------------------------------------------
 
     def pipeline_config(self, number: int, model: str) -> PipelineConfig:
-        base = PipelineConfig.small_test() if self.config.small_test else PipelineConfig()
-        data = base.model_dump(mode="json")
-        data = deep_merge(data, self.config.stage_pipeline(number))
-        data.update(
-            name=f"{self.config.name}-stage{number}",
-            seed=self.config.seed + number,
-            model=model,
-            base_model=self.config.generator.base_model,
-            endpoints=[
-                EndpointConfig(
-                    url=url,
-                    concurrency=self.config.generator.concurrency,
-                    api_key_env=self.config.generator.api_key_env,
-                ).model_dump()
-                for url in [self.config.generator.url, *self.config.generator.replicas]
-            ],
-        )
-        config = validate_config(data, source=f"{self.config.name} stage {number} pipeline")
-        return small_test_overlay(config) if self.config.small_test else config
+        return stage_pipeline_config(self.config, number, model)
 
     def dpo_spec(self, number: int, stage: StageState, parent: str | None, base: str) -> DpoJobSpec:
         assert stage.train_dataset_id is not None
@@ -322,6 +303,10 @@ class StageRunner:
         summary = await run_pipeline(
             config, stage_dir, progress=self.reporter.pipeline_progress(number)
         )
+        if summary.status != "complete":
+            raise RunError(
+                f"stage {number}: the pipeline ended {summary.status}: {summary.status_reason}"
+            )
         if summary.train_rows == 0:
             raise RunError(
                 f"stage {number}: the pipeline produced no training pairs (funnel "

@@ -265,8 +265,8 @@ class TrainerClient(BearerHttpClient):
             )
         return TrainerConnectionError(
             f"cannot reach the trainer at {self.base_url} ({method} {path}: "
-            f"{type(exc).__name__}: {exc}); is it running? Start it with `make serve` or pass "
-            "the right --url / CAI_TRAINER_URL",
+            f"{type(exc).__name__}: {exc}); is it running? Start it with `make serve` or give "
+            "the right URL (CAI_TRAINER_URL)",
             url=url,
         )
 
