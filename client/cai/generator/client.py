@@ -325,7 +325,7 @@ def _status_error(response: httpx.Response, method: str, url: str) -> GeneratorS
     hint = ""
     if response.status_code in (401, 403):
         # The variable, not a flag: `cai generator`, `cai generate` and `cai run` all read it.
-        hint = " (set CAI_GENERATOR_API_KEY to the server's key)"
+        hint = " (pass the generator's API key: set CAI_GENERATOR_API_KEY)"
     message = f"{method} {url} failed with {response.status_code}: {server_message}{hint}"
     return cls(
         message,
