@@ -156,11 +156,31 @@ class Store:
             rows = conn.execute(
                 "SELECT * FROM jobs WHERE state = ? ORDER BY seq LIMIT ?", (state.value, limit)
             ).fetchall()
-        queued = [
-            r["seq"] for r in conn.execute("SELECT seq FROM jobs WHERE state='queued' ORDER BY seq")
-        ]
-        order = {seq: i for i, seq in enumerate(queued)}
+        order = self._queue_order(conn)
         return [_job_from_row(row, order.get(row["seq"])) for row in rows]
+
+    def jobs_before(self, kind: str, before: str | None, limit: int) -> list[JobRecord] | None:
+        """Jobs of `kind`, newest first, submitted before job `before` (from the newest when
+        None): a page of a listing that goes back in time. None when `before` is unknown."""
+        conn = self.db.connection()
+        cursor = 2**63 - 1
+        if before is not None:
+            row = conn.execute("SELECT seq FROM jobs WHERE id = ?", (before,)).fetchone()
+            if row is None:
+                return None
+            cursor = int(row["seq"])
+        rows = conn.execute(
+            "SELECT * FROM jobs WHERE kind = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (kind, cursor, limit),
+        ).fetchall()
+        order = self._queue_order(conn)
+        return [_job_from_row(row, order.get(row["seq"])) for row in rows]
+
+    @staticmethod
+    def _queue_order(conn: sqlite3.Connection) -> dict[int, int]:
+        """seq -> place in the queue, of every queued job."""
+        queued = conn.execute("SELECT seq FROM jobs WHERE state='queued' ORDER BY seq")
+        return {row["seq"]: i for i, row in enumerate(queued)}
 
     def _position(self, conn: sqlite3.Connection, row: sqlite3.Row) -> int | None:
         if row["state"] != JobState.queued.value:
@@ -327,6 +347,19 @@ class Store:
         )
         return [self._event(job_id, r) for r in rows]
 
+    def events_before(self, job_id: str, before: int, limit: int) -> list[JobEvent]:
+        """The job's events with a seq below `before`, newest first."""
+        rows = (
+            self.db.connection()
+            .execute(
+                "SELECT seq, body FROM job_events WHERE job_id=? AND seq<? ORDER BY seq DESC "
+                "LIMIT ?",
+                (job_id, before, limit),
+            )
+            .fetchall()
+        )
+        return [self._event(job_id, r) for r in rows]
+
     @staticmethod
     def _event(job_id: str, row: sqlite3.Row) -> JobEvent:
         fill = {"job_id": job_id, "seq": row["seq"], "type": "log", "time": _EPOCH}
@@ -359,6 +392,28 @@ class Store:
             .fetchone()
         )
         return DatasetRecord.model_validate_json(row["record"]) if row else None
+
+    def datasets_page(
+        self, after: str | None, limit: int, newest_first: bool
+    ) -> list[DatasetRecord] | None:
+        """Datasets in upload order (or its reverse), from the one after dataset `after`.
+        None when `after` is unknown."""
+        conn = self.db.connection()
+        cursor = None
+        if after is not None:
+            row = conn.execute("SELECT rowid FROM datasets WHERE id=?", (after,)).fetchone()
+            if row is None:
+                return None
+            cursor = int(row[0])
+        if newest_first:
+            where, order, start = "rowid < ?", "DESC", 2**63 - 1
+        else:
+            where, order, start = "rowid > ?", "ASC", 0
+        rows = conn.execute(
+            f"SELECT record FROM datasets WHERE {where} ORDER BY rowid {order} LIMIT ?",
+            (start if cursor is None else cursor, limit),
+        )
+        return [DatasetRecord.model_validate_json(r["record"]) for r in rows]
 
     def insert_dataset(self, record: DatasetRecord) -> bool:
         """Register a dataset; False when the same id was already there (same bytes)."""

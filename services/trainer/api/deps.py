@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.trainer.core.errors import Unauthorized
@@ -35,6 +35,13 @@ def get_state(request: Request) -> TrainerState:
 
 
 State = Annotated[TrainerState, Depends(get_state)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retries with the same key and body return the same job.",
+    ),
+]
 
 
 def require_api_key(

@@ -15,7 +15,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from protocol.errors import Problem
 from protocol.jobs import JobList, JobRecord, JobSpec, JobState
-from services.trainer.api.deps import Authorized, State
+from services.trainer.api.deps import Authorized, IdempotencyKey, State
 from services.trainer.core.errors import BadRequest, NotFound
 from services.trainer.state import TrainerState
 
@@ -50,13 +50,7 @@ def submit_job(
     spec: Annotated[JobSpec, Body(description="A DPO or merge job, told apart by `kind`.")],
     state: State,
     response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="Retries with the same key and body return the same job.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobRecord:
     submitted = state.submitter.submit(spec, idempotency_key)
     if submitted.created:
