@@ -84,12 +84,13 @@ def validate(
     *,
     text: str | None = None,
     under: Sequence[Sequence[str]] = ((),),
+    label: str = "",
 ) -> M:
     """`model` from `data`; `error("<source>[:line]: field.path: problem; ...")` if invalid.
 
     `text` is the YAML `data` came from: each problem then names its line. `under`: where
     `data` sits in that file, most specific first (data merged from several sections is
-    looked up in each; the last is the fallback).
+    looked up in each; the last is the fallback). `label` is written before each field.
     """
     try:
         return model.model_validate(data)
@@ -102,7 +103,7 @@ def validate(
             found = (line_of(root, path, exact=True) for path in paths)
             line = next((n for n in found if n is not None), None) or line_of(root, paths[-1])
             where = f"{source}:{line}" if line is not None else source
-            problems.append(f"{where}: {'.'.join(loc) or 'config'}: {err['msg']}")
+            problems.append(f"{where}: {label}{'.'.join(loc) or 'config'}: {err['msg']}")
         raise error("; ".join(problems)) from None
 
 

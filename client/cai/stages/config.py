@@ -213,10 +213,11 @@ def load_run_config(path: str | Path, **overrides: Any) -> RunConfig:
         validate(
             PipelineConfig,
             merged,
-            f"{path} (stage {number}'s pipeline)",
+            str(path),
             RunConfigError,
             text=text,
             under=(("stages", str(number - 1), "pipeline"), ("pipeline",)),
+            label=f"stage {number}: pipeline.",
         )
     return config
 
