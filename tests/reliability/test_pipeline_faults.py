@@ -287,3 +287,84 @@ def test_500_or_429_for_a_while_is_retried_and_counted_in_the_manifest(
     assert final["retries"] >= counted
     if "fail_first" in options:
         assert counted == options["fail_first"]
+
+
+def step_records(run_dir: Path, step: str) -> list[dict[str, Any]]:
+    path = run_dir / f"{step}.jsonl"
+    return [json.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def test_a_ruined_first_run_is_retried_by_the_next_not_kept_as_final(tmp_path: Path) -> None:
+    """Issue 13, class 5: every completion failing after its retries (one try each; the
+    first 36 are every attempt the config allows, 3 per instruction x 12) used to end
+    `complete` with 0 pairs, and the next run, the generator healthy, finished at once with
+    0 pairs again."""
+    small = {
+        "instructions": {"counts": {"qa": 3, "completion": 3, "generation": 3, "response": 3}},
+        "critiques": {"rounds": 1},
+        "retry": {"max_attempts": 1, "initial_backoff_s": 0.0, "max_total_s": 5.0},
+    }
+    with StubServer(models=["tiny"], fail_status=500, fail_first=36) as stub:
+        config = write_config(tmp_path / "config.yaml", stub.base_url, **small)
+        run = tmp_path / "run"
+        first = subprocess.run(
+            [CAI, "generate", str(config), "--run-dir", str(run), "--no-progress"],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert first.returncode == 1, first.stderr.decode()[-3000:]
+        assert manifest(run)["status"] == "failed"
+        assert "retry.max_failed_share" in first.stderr.decode().replace("\n", "")
+        failed_before = {
+            r["id"] for r in step_records(run, "instructions") if r["status"] == "failed"
+        }
+        assert failed_before
+
+        generate_to_end(config, run)  # the failures are spent: the stub answers now
+
+    final = manifest(run)
+    assert final["status"] == "complete" and final["failures"] == {}
+    assert final["sessions"][-1]["dropped_failed"]["instructions"] == len(failed_before)
+    instructions = step_records(run, "instructions")
+    assert all(r["status"] != "failed" for r in instructions)
+    # The failed attempts were asked again (in order, until each type had its count), not
+    # left as final with new attempts after them.
+    assert {r["id"] for r in instructions} <= failed_before
+    assert sum(1 for r in instructions if r["status"] == "ok") == 12
+    assert len(step_records(run, "pairs")) > 0
+
+
+def test_sigkilled_sessions_count_their_time_and_tokens(stub: StubServer, tmp_path: Path) -> None:
+    """Issue 13, class 7: each session is killed once it has written records; the final
+    manifest counts at least the tokens of every record on disk, and every killed session has
+    time and tokens of its own (they used to count 0 s and no tokens)."""
+    config = write_config(tmp_path / "config.yaml", stub.base_url)
+    run = tmp_path / "run"
+    rng = random.Random(7)
+    for _ in range(4):
+        before = written_bytes(run)
+        process = generate(config, run)
+        deadline = time.monotonic() + 60
+        while written_bytes(run) <= before and process.poll() is None:
+            assert time.monotonic() < deadline, "the run made no progress in 60 s"
+            time.sleep(0.005)  # polling the files for progress
+        time.sleep(rng.uniform(0.05, 0.3))
+        assert process.poll() is None, "the run finished before its kill: make it larger"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    generate_to_end(config, run)
+
+    final = manifest(run)
+    killed = final["sessions"][:-1]
+    assert len(killed) == 4
+    for session in killed:
+        assert session["accounted_from_log"] and session["wall_s"] > 0
+        assert sum(t["completion_tokens"] for t in session["tokens"].values()) > 0
+    for step in ("instructions", "responses", "critiques", "revisions"):
+        on_disk = sum(
+            (r.get("usage") or {}).get("completion_tokens", 0) for r in step_records(run, step)
+        )
+        assert final["tokens"][step]["completion_tokens"] >= on_disk > 0, step
+    assert final["wall_s"] == round(sum(s["wall_s"] for s in final["sessions"]), 3)
+    assert final["cost_usd"] > 0
