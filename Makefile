@@ -51,7 +51,7 @@ lint: $(VENV_OK)
 	.venv/bin/ruff format --check .
 
 typecheck: $(VENV_OK)
-	.venv/bin/mypy protocol services client/cai bench
+	.venv/bin/mypy protocol services embedded client/cai bench
 
 test: install tiny-model browser lint typecheck
 	.venv/bin/pytest tests
@@ -60,13 +60,13 @@ unit: $(VENV_OK)
 	.venv/bin/pytest tests -m "not e2e and not slow"
 
 serve: install tiny-model
-	$(PY) -m services.embedded up
+	$(PY) -m embedded up
 
 stop:
-	@if [ -x $(PY) ]; then $(PY) -m services.embedded down; fi
+	@if [ -x $(PY) ]; then $(PY) -m embedded down; fi
 
 status: $(VENV_OK)
-	$(PY) -m services.embedded status
+	$(PY) -m embedded status
 
 run: install tiny-model
 	CAI_RUN_MODEL="$(MODEL)" bash scripts/run.sh

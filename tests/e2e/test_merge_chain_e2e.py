@@ -12,7 +12,7 @@ import yaml
 
 from cai.stages.config import load_run_config
 from cai.stages.runner import run_stages
-from services.embedded import restart_generator, stop_process
+from embedded.launch import restart_generator, stop_process
 from tests.conftest import free_port
 from tests.integration.conftest import TrainerService
 

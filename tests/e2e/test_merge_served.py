@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from embedded.launch import generator_spec, start_service, stop_process
 from protocol.jobs import MergeJobSpec
-from services.embedded import generator_spec, start_service, stop_process
 from services.trainer.jobs.context import JobContext
 from services.trainer.jobs.dpo import run_dpo
 from services.trainer.jobs.merge import run_merge

@@ -22,7 +22,7 @@ from cai.evaluation.records import EvalRecord
 from cai.pipeline.records import PairRecord
 from cai.stages.config import load_run_config, with_base_model
 from cai.stages.runner import run_stages
-from services.embedded import generator_spec, start_service, stop_process
+from embedded.launch import generator_spec, start_service, stop_process
 from services.modelfiles.build import build
 from services.modelfiles.convert import MARKER
 from tests.conftest import free_port

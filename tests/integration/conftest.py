@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.embedded import start_service, stop_process, trainer_spec
+from embedded.launch import start_service, stop_process, trainer_spec
 from tests.conftest import free_port
 
 FAKE = "tests.unit.trainer.fake_bodies:run"

@@ -28,7 +28,7 @@ from starlette.routing import Mount, Route
 from cai.generator import GeneratorClient
 from cai.generator.errors import GeneratorError
 from cai.trainer import TrainerAuthError, TrainerClient
-from services.embedded import ROOT, TINY_MODEL, generator_spec, trainer_spec
+from embedded.launch import ROOT, TINY_MODEL, generator_spec, trainer_spec
 from services.generator.settings import GeneratorSettings
 from services.trainer.api.deps import SESSION_COOKIE, session_token
 from services.trainer.app import create_app

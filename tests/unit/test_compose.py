@@ -46,7 +46,7 @@ DOCKERFILES = {
     "client": ROOT / "client" / "Dockerfile",
 }
 REQUIRED_KEYS = ("CAI_GENERATOR_API_KEY", "CAI_TRAINER_API_KEY")
-PROJECT_PACKAGES = ("protocol", "services", "cai")
+PROJECT_PACKAGES = ("protocol", "services", "embedded", "cai")
 
 
 # --- loading: YAML with Compose's merge tags ------------------------------------------

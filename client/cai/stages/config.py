@@ -50,7 +50,7 @@ class GeneratorConfig(_Section):
     embedded: bool = Field(
         default=False,
         description=(
-            "The generator is the embedded one (`make serve`, services/embedded.py). vLLM cannot "
+            "The generator is the embedded one (`make serve`, embedded/launch.py). vLLM cannot "
             "swap its base model at run time, so for `chain: merge` `cai run` restarts it on the "
             "merged model itself; otherwise it stops and says how to restart it."
         ),

@@ -42,6 +42,7 @@ from cai.pipeline.runner import ProgressSink
 from cai.stages.config import RunConfig, stage_pipeline_config
 from cai.stages.state import RunState, StageState, load_state, save_state, write_json_atomic
 from cai.trainer import TrainerClient
+from embedded.launch import restart_generator
 from protocol.jobs import DpoJobSpec, JobEvent, JobRecord, JobState, MergeJobSpec
 
 logger = logging.getLogger(__name__)
@@ -393,8 +394,6 @@ class StageRunner:
                 f"under the name {self.config.generator.base_model!r} (CAI_GENERATOR_MODEL), then "
                 "run `cai run` again to continue"
             )
-        from services.embedded import restart_generator  # the embedded default only
-
         port = urlsplit(self.config.generator.url).port or 8000
         self.reporter.step(0, "merge", f"restarting the embedded generator on {record.path}")
         await asyncio.to_thread(restart_generator, record.path, port)
