@@ -19,13 +19,25 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from services.trainer.api.deps import Authorized
 from services.trainer.api.door import BodyLimit, Door
 from services.trainer.api.errors import document_problems, install_error_handlers
-from services.trainer.api.routes import adapters, dashboard, datasets, health, jobs, metrics
+from services.trainer.api.routes import (
+    adapters,
+    dashboard,
+    datasets,
+    health,
+    jobs,
+    metrics,
+    openai_files,
+    openai_fine_tuning,
+)
 from services.trainer.core.config import TrainerSettings
+from services.trainer.openai_compat.errors import document_openai_errors
 from services.trainer.state import TrainerState
 
 DESCRIPTION = """DPO and merge jobs over REST, with a durable queue, live progress and an
 adapter registry. Errors are `application/problem+json`. When the trainer has an API key,
-every route but `/health` needs `Authorization: Bearer <key>`."""
+every route but `/health` needs `Authorization: Bearer <key>`. `/v1/files` and
+`/v1/fine_tuning/jobs` speak OpenAI's fine-tuning API (and its error body) over the same
+datasets and DPO jobs, for the `openai` SDK."""
 
 
 WORKER_THREADS = 200
@@ -59,12 +71,23 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     )
     app.state.trainer = state
     install_error_handlers(app)
-    for module in (health, metrics, datasets, jobs, adapters, dashboard):
+    routers = (
+        health,
+        metrics,
+        datasets,
+        jobs,
+        adapters,
+        dashboard,
+        openai_files,
+        openai_fine_tuning,
+    )
+    for module in routers:
         app.include_router(module.router)
     default_openapi = app.openapi
 
     def openapi_with_problems() -> dict[str, Any]:
-        return document_problems(default_openapi())  # FastAPI caches the schema; idempotent
+        # FastAPI caches the schema; both rewrites are idempotent.
+        return document_openai_errors(document_problems(default_openapi()))
 
     app.openapi = openapi_with_problems  # type: ignore[method-assign]
     _add_docs(app)
@@ -76,7 +99,10 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
             "(a job spec is a few KB): send less, or raise CAI_TRAINER_MAX_REQUEST_BYTES on "
             "the trainer",
         ),
-        routes={("POST", "/v1/datasets"): datasets.upload_body_limit(settings.max_upload_bytes)},
+        routes={
+            ("POST", "/v1/datasets"): datasets.upload_body_limit(settings.max_upload_bytes),
+            ("POST", "/v1/files"): datasets.upload_body_limit(settings.max_upload_bytes),
+        },
     )
     return app
 

@@ -360,7 +360,7 @@ async def test_fuzzing_oversized_bodies_on_every_route_finds_no_5xx(
     open_routes.add(("POST", "/logout"))
     requests = 0
     for method, path in every_route(app):
-        limit = UPLOAD_LIMIT + 64 * 1024 if path == "/v1/datasets" else LIMIT
+        limit = UPLOAD_LIMIT + 64 * 1024 if path in ("/v1/datasets", "/v1/files") else LIMIT
         for size in (limit + 1, 10 * limit, 100 * 1024 * 1024):
             for declared in (True, False):
                 for keyed_request in (True, False):

@@ -4,6 +4,8 @@ Typed TrainerErrors keep their status and message; request validation errors nam
 field and what to fix, with the field's allowed range where it has one (malformed JSON is a
 400, other validation 422; Infinity and NaN are a 422 like any other bad number); unknown
 routes 404, wrong methods 405; anything else a 500 that says where to look, never a stack trace.
+On the OpenAI-compatible routes the same answers come in OpenAI's error body
+(openai_compat/errors.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from starlette.routing import Match
 
 from protocol.errors import PROBLEM_CONTENT_TYPE, Problem
 from services.trainer.core.errors import PayloadTooLarge, TrainerError
+from services.trainer.openai_compat.errors import is_openai_path, openai_error_response
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ def problem_response(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
+    if is_openai_path(request.url.path):
+        return openai_error_response(status, detail, headers, extra)
     body = Problem(
         title=title or HTTPStatus(status).phrase,
         status=status,

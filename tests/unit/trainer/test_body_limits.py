@@ -83,12 +83,17 @@ async def test_every_route_refuses_a_declared_length_over_its_limit_unread(
     keyed: tuple[FastAPI, Any],
 ) -> None:
     app, _ = keyed
+    uploads = {("POST", "/v1/datasets"), ("POST", "/v1/files")}
     for method, path in routes(app):
-        over = LIMIT + 64 * 1024 + 1 if (method, path) == ("POST", "/v1/datasets") else LIMIT + 1
+        over = LIMIT + 64 * 1024 + 1 if (method, path) in uploads else LIMIT + 1
         headers = AUTH | {"content-length": str(over), "content-type": "application/json"}
         answer = await raw_request(app, method, path, offered=over, headers=headers)
         assert answer.status == 413, (method, path, answer.status, answer.body)
         assert answer.consumed == 0, (method, path)
+        if path.startswith(("/v1/files", "/v1/fine_tuning")):  # OpenAI's error body
+            assert answer.headers["content-type"] == "application/json"
+            assert "_BYTES" in answer.body["error"]["message"]
+            continue
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.body["status"] == 413
         assert "_BYTES" in answer.body["detail"]
