@@ -13,6 +13,7 @@ one; it carries no meaning in UTF-8), other encodings are refused rather than gu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +75,25 @@ def parse_mapping(
 def read_mapping(path: str | Path, what: str, error: type[Exception]) -> dict[str, Any]:
     """The YAML file's top-level mapping; `error(message)` if unreadable, empty or not a mapping."""
     return parse_mapping(read_text(path, what, error), path, what, error)
+
+
+def load_packaged(
+    model: type[M],
+    path: Path | str | None,
+    package: str,
+    default: str,
+    what: str,
+    error: type[Exception],
+) -> M:
+    """`path` (or the file `default` packaged in `package` when None) validated as `model`;
+    `error(message)` naming the file when it cannot be read or is not valid."""
+    if path is None:
+        text = resources.files(package).joinpath(default).read_text("utf-8")
+        source = f"{package.replace('.', '/')}/{default}"
+    else:
+        text = read_text(path, what, error)
+        source = str(path)
+    return validate(model, load_yaml(text, source, what, error), source, error, text=text)
 
 
 def validate(

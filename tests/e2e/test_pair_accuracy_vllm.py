@@ -146,9 +146,9 @@ async def test_evaluate_stage_runs_on_the_real_server(
     vllm_server: VllmServer, tmp_path: Path, random_adapter: Path
 ):
     from cai.evaluation.evaluate import EvalSettings, evaluate_stage
-    from cai.evaluation.heldout import load_heldout
     from cai.evaluation.records import read_eval_records
     from cai.pipeline.config import PipelineConfig
+    from cai.pipeline.heldout import load_heldout
     from cai.report import build_report
 
     full = load_heldout()

@@ -65,7 +65,7 @@ def _prompt_logprobs(base_url: str, model: str) -> list[float]:
 def _small_heldout(tmp_path: Path) -> Path:
     """Four held-out items (one per type) from the packaged set: the evaluation path runs on
     real answers without spending CI minutes on all of them."""
-    data = yaml.safe_load((ROOT / "client/cai/evaluation/heldout_v1.yaml").read_text())
+    data = yaml.safe_load((ROOT / "client/cai/pipeline/heldout_v1.yaml").read_text())
     picked, seen = [], set()
     for item in data["instructions"]:
         if item["type"] not in seen:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from cai.evaluation.heldout import DEFAULT_HELDOUT, HeldoutError, load_heldout
 from cai.evaluation.judge_cases import DEFAULT_JUDGE_CASES, JudgeCasesError, load_judge_cases
 from cai.pipeline.config import ConfigError, load_config
 from cai.pipeline.constitution import DEFAULT_CONSTITUTION, ConstitutionError, load_constitution
+from cai.pipeline.heldout import DEFAULT_HELDOUT, HeldoutError, load_heldout
 from cai.pipeline.prompts import TEMPLATE_DIR, TemplateError, load_template
 from cai.pipeline.seeds import DEFAULT_SEED_POOL, SeedPoolError, load_seed_pool
 from cai.stages.config import RunConfigError, load_run_config
@@ -31,7 +31,12 @@ LOADERS: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
     ("run config", load_run_config, RunConfigError, (ROOT / "configs/demo.yaml").read_text()),
     ("constitution", load_constitution, ConstitutionError, DEFAULT_CONSTITUTION.read_text()),
     ("seed pool", load_seed_pool, SeedPoolError, DEFAULT_SEED_POOL.read_text()),
-    ("held-out set", load_heldout, HeldoutError, (EVALUATION / DEFAULT_HELDOUT).read_text()),
+    (
+        "held-out set",
+        load_heldout,
+        HeldoutError,
+        (ROOT / "client" / "cai" / "pipeline" / DEFAULT_HELDOUT).read_text(),
+    ),
     (
         "judge cases",
         load_judge_cases,

@@ -26,7 +26,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cai.evaluation.heldout import HeldoutError
 from cai.generator import GeneratorError
 from cai.pipeline import (
     STEPS,
@@ -42,6 +41,7 @@ from cai.pipeline import (
 )
 from cai.pipeline.config import small_test_overlay, validate_config
 from cai.pipeline.constitution import ConstitutionError
+from cai.pipeline.heldout import HeldoutError
 from cai.pipeline.instructions import InstructionFileError
 from cai.pipeline.prompts import TemplateError
 from cai.pipeline.runner import CONFIG_FILE, GeneratorUnreachable

@@ -4,8 +4,8 @@
     summary = await evaluate_stage(gen, run_dir, stage=1, model="stage1-j1", base_model="tiny",
                                    pipeline=config, test_pairs=run_dir / "stages/1/test.jsonl")
 
-- `heldout`: the fixed, versioned instruction set (`heldout_v1.yaml`) and `HeldoutGuard`,
-  which keeps it out of every training input.
+- the held-out set (`heldout_v1.yaml`) and `HeldoutGuard`, which keeps it out of every
+  training input, live in `cai.pipeline.heldout` (the pipeline needs them; re-exported here).
 - `evaluate`: answers, rule checks, judge, summary (`EvalSummary`) per stage.
 - `pair_accuracy`: the DPO implicit reward on held-out pairs, scored through vLLM.
 - `judge_check` and `judge_cases`: the judge itself measured on hand-checkable cases
@@ -14,7 +14,6 @@
 """
 
 from cai.evaluation.evaluate import EvalSettings, EvaluationError, evaluate_stage
-from cai.evaluation.heldout import HeldoutGuard, HeldoutSet, load_heldout
 from cai.evaluation.judge_check import check_judge
 from cai.evaluation.pair_accuracy import PairAccuracy, VllmTokenizer, pair_accuracy
 from cai.evaluation.records import (
@@ -24,6 +23,7 @@ from cai.evaluation.records import (
     read_eval_records,
     summarize_stage,
 )
+from cai.pipeline.heldout import HeldoutGuard, HeldoutSet, load_heldout
 
 __all__ = [
     "EvalRecord",

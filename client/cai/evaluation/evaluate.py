@@ -33,7 +33,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.evaluation.heldout import HeldoutInstruction, HeldoutSet, load_heldout
 from cai.evaluation.pair_accuracy import (
     PairAccuracy,
     Tokenizer,
@@ -54,6 +53,7 @@ from cai.evaluation.records import (
 from cai.generator import GeneratorClient, GeneratorError
 from cai.pipeline import judgements, responses, rules
 from cai.pipeline.config import PipelineConfig
+from cai.pipeline.heldout import HeldoutInstruction, HeldoutSet, load_heldout
 from cai.pipeline.prompts import Template, load_template
 from cai.pipeline.records import JudgeQuery, derive_seed
 from cai.pipeline.seeds import SeedPool, load_seed_pool

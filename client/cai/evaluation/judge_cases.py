@@ -24,9 +24,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cai.evaluation.heldout import load_packaged
 from cai.pipeline.dedupe import normalise
 from cai.pipeline.records import InstructionType, derive_seed
+from cai.yamlfile import load_packaged
 
 DEFAULT_JUDGE_CASES = "judge_cases_v1.yaml"
 AnswerKind = Literal["good", "truncated", "repeated", "off_topic", "wrong_fact"]
@@ -80,7 +80,9 @@ class JudgeCases(BaseModel):
 
 def load_judge_cases(path: Path | str | None = None) -> JudgeCases:
     """Load a judge cases file: `path`, or the packaged `judge_cases_v1.yaml` when None."""
-    return load_packaged(JudgeCases, path, DEFAULT_JUDGE_CASES, "judge cases file", JudgeCasesError)
+    return load_packaged(
+        JudgeCases, path, "cai.evaluation", DEFAULT_JUDGE_CASES, "judge cases file", JudgeCasesError
+    )
 
 
 def truncated(text: str, share: float = TRUNCATE_SHARE) -> str:

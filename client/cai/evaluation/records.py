@@ -23,7 +23,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cai.evaluation.heldout import INSTRUCTION_TYPES, InstructionType
 from cai.evaluation.judge_cases import AnswerKind
 from cai.evaluation.pair_accuracy import PairAccuracy
 from cai.evaluation.stats import (
@@ -34,6 +33,7 @@ from cai.evaluation.stats import (
     mcnemar_exact,
     wilson_interval,
 )
+from cai.pipeline.heldout import INSTRUCTION_TYPES, InstructionType
 from cai.pipeline.records import JudgeQuery, Record
 
 EVAL_FILE = "eval.jsonl"

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cai.pipeline.config import PipelineConfig
 from cai.pipeline.constitution import Constitution, load_constitution
+from cai.pipeline.heldout import HeldoutSet, load_heldout
 from cai.pipeline.instructions import read_instruction_file
 from cai.pipeline.prompts import Template, load_template
 from cai.pipeline.records import InstructionType
 from cai.pipeline.seeds import SeedPool, load_seed_pool
-
-if TYPE_CHECKING:
-    from cai.evaluation.heldout import HeldoutSet
 
 TEMPLATE_NAMES = ("instructions", "responses", "critiques", "revisions", "judge")
 
@@ -37,9 +34,6 @@ class PipelineInputs:
 
     @classmethod
     def load(cls, config: PipelineConfig) -> PipelineInputs:
-        # Imported here: cai.evaluation builds on the pipeline's modules.
-        from cai.evaluation.heldout import load_heldout
-
         tdir = Path(config.templates_dir) if config.templates_dir else None
         source = config.instructions
         return cls(

@@ -59,6 +59,7 @@ from cai.pipeline.endpoints import (
     RequestFailed,
     RetryingCaller,
 )
+from cai.pipeline.heldout import HeldoutGuard
 from cai.pipeline.inputs import PipelineInputs
 from cai.pipeline.manifest import Manifest, Session, StepTokens, environment, package_versions
 from cai.pipeline.prompts import Template
@@ -183,9 +184,6 @@ class PipelineRunner:
         # re-measure every text while the generator sits idle.
         self._groups = NearDuplicateGroups(config.split.group_threshold)
         self._tallies = {"instructions": DiversityTally(), "responses": DiversityTally()}
-        # Imported here: cai.evaluation builds on the pipeline's modules.
-        from cai.evaluation.heldout import HeldoutGuard
-
         self.heldout = HeldoutGuard(inputs.heldout)
 
     # ---- the run ------------------------------------------------------------------------

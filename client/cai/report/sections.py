@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 
-from cai.evaluation.heldout import INSTRUCTION_TYPES
 from cai.evaluation.records import ALL
+from cai.pipeline.heldout import INSTRUCTION_TYPES
 from cai.report import html as h
 from cai.report import svg
 from cai.report.inputs import RunInputs

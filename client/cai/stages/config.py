@@ -226,7 +226,7 @@ def check_run_inputs(config: RunConfig) -> None:
     """Read every file the run's stages and evaluation name (templates, constitution, seed
     pool, held-out sets, instruction files): a bad one is refused before the first step
     writes anything, with its loader's one-line error."""
-    from cai.evaluation.heldout import load_heldout
+    from cai.pipeline.heldout import load_heldout
     from cai.pipeline.inputs import PipelineInputs
 
     load_heldout(config.evaluation.heldout)

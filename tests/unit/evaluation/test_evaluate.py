@@ -13,11 +13,11 @@ from cai.evaluation.evaluate import (
     evaluate_stage,
     mentions_reference,
 )
-from cai.evaluation.heldout import load_heldout
 from cai.evaluation.pair_accuracy import VllmTokenizer
 from cai.evaluation.records import read_eval_records
 from cai.generator import GeneratorClient
 from cai.pipeline.config import PipelineConfig
+from cai.pipeline.heldout import load_heldout
 
 URL = "http://vllm.test"
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cai.evaluation.heldout import load_heldout
 from cai.evaluation.judge_cases import (
     CORRUPTIONS,
     JudgeCasesError,
@@ -25,11 +24,12 @@ from cai.evaluation.judge_check import check_judge, reusable_check
 from cai.evaluation.records import JUDGE_CHECK_FILE, JudgeCheck
 from cai.pipeline import dedupe, rules
 from cai.pipeline.config import PipelineConfig, RulesConfig
+from cai.pipeline.heldout import load_heldout
 from tests.unit.evaluation.fake_judge import FakeJudge, always_a, perfect
 
 ROOT = Path(__file__).resolve().parents[3]
 SEED_POOL = ROOT / "client" / "cai" / "pipeline" / "seed_pool.yaml"
-# The held-out set's own leak threshold (cai.evaluation.heldout): what counts as a copy there
+# The held-out set's own leak threshold (cai.pipeline.heldout): what counts as a copy there
 # counts as one here.
 NEAR = 0.5
 

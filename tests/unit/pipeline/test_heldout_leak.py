@@ -4,9 +4,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from cai.evaluation.heldout import load_heldout
 from cai.pipeline.config import PipelineConfig
 from cai.pipeline.dedupe import DuplicateIndex
+from cai.pipeline.heldout import load_heldout
 from cai.pipeline.records import InstructionRecord
 from cai.pipeline.runner import PipelineRunner
 

@@ -16,7 +16,6 @@ import random
 from pathlib import Path
 from typing import Literal
 
-from cai.evaluation.heldout import load_heldout
 from cai.evaluation.judge_cases import AnswerKind, corrupt, load_judge_cases
 from cai.evaluation.judge_check import judge_template, summarize_check
 from cai.evaluation.pair_accuracy import PairScore, summarize
@@ -29,6 +28,7 @@ from cai.evaluation.records import (
     summarize_stage,
 )
 from cai.pipeline.config import PipelineConfig
+from cai.pipeline.heldout import load_heldout
 from cai.pipeline.records import JudgeQuery
 
 HOSTILE = '<script>alert("x")</script> & <b>bold</b>'

@@ -1,6 +1,6 @@
 """The fixed, versioned held-out instruction set, and the guard that keeps it out of training.
 
-    from cai.evaluation.heldout import load_heldout, HeldoutGuard
+    from cai.pipeline.heldout import load_heldout, HeldoutGuard
     heldout = load_heldout()                 # the packaged heldout_v1.yaml
     guard = HeldoutGuard(heldout)
     guard.match("What's the chemical symbol for gold?")   # -> "ho1-qa-01"
@@ -13,23 +13,23 @@ is `HeldoutGuard.match`, which the pipeline's instruction step calls on every ge
 instruction, dropping matches (exact after normalisation, or near duplicates by character
 shingle similarity). The set is versioned: a changed instruction is a new file, because
 results are comparable only within one version.
+
+It lives in the pipeline, not in `cai.evaluation`: the pipeline needs it (the guard, and
+`PipelineInputs` loads the set a config names), and the evaluation builds on the pipeline, so
+the set can be read from both sides without either importing the other in a circle.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from importlib import resources
 from pathlib import Path
-from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The pipeline's own duplicate measure: "the same instruction" means one thing everywhere.
 from cai.pipeline.dedupe import jaccard, normalise, shingles
 from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
-from cai.yamlfile import load_yaml, read_text, validate
-
-M = TypeVar("M", bound=BaseModel)
+from cai.yamlfile import load_packaged
 
 DEFAULT_HELDOUT = "heldout_v1.yaml"
 
@@ -79,23 +79,11 @@ class HeldoutSet(BaseModel):
         return groups
 
 
-def load_packaged(
-    model: type[M], path: Path | str | None, default: str, what: str, error: type[Exception]
-) -> M:
-    """`path` (or the packaged `cai/evaluation/<default>` when None) validated as `model`;
-    `error(message)` naming the file when it cannot be read or is not valid."""
-    if path is None:
-        text = resources.files("cai.evaluation").joinpath(default).read_text("utf-8")
-        source = f"cai/evaluation/{default}"
-    else:
-        text = read_text(path, what, error)
-        source = str(path)
-    return validate(model, load_yaml(text, source, what, error), source, error, text=text)
-
-
 def load_heldout(path: Path | str | None = None) -> HeldoutSet:
     """Load a held-out set: `path`, or the packaged `heldout_v1.yaml` when None."""
-    return load_packaged(HeldoutSet, path, DEFAULT_HELDOUT, "held-out set", HeldoutError)
+    return load_packaged(
+        HeldoutSet, path, "cai.pipeline", DEFAULT_HELDOUT, "held-out set", HeldoutError
+    )
 
 
 def similarity(a: str, b: str) -> float:

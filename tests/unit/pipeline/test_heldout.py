@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cai.evaluation.heldout import (
+from cai.pipeline.heldout import (
     INSTRUCTION_TYPES,
     HeldoutError,
     HeldoutGuard,
