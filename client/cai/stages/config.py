@@ -6,6 +6,11 @@ A run is a baseline assessment followed by stages. Each stage generates preferen
 with the current model (the base, then the previous stage's adapter), trains a LoRA adapter
 on them with a DPO job, hot-swaps it into vLLM and evaluates it. Hyper-parameters are data:
 `pipeline` and `job` hold the run's defaults, and each stage may override any of them.
+
+Loading merges and validates every stage's `pipeline` and `job` as that stage will build
+them, so a typo in stage 3 is refused before the baseline runs, naming the file, the line,
+the stage and the field: `run.yaml:14: stage 3: job.dpo.betta: Extra inputs are not
+permitted`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from cai.pipeline.config import (
     validate_config,
 )
 from cai.yamlfile import parse_mapping, read_text, validate
+from protocol.jobs import DpoJobSpec
 from protocol.names import SafeName
 
 
@@ -179,9 +185,9 @@ def with_base_model(config: RunConfig, name: str) -> RunConfig:
     return validate(RunConfig, data, "--base-model", RunConfigError)
 
 
-def stage_pipeline_config(config: RunConfig, number: int, model: str) -> PipelineConfig:
-    """Stage `number`'s PipelineConfig: the preset, the run's `pipeline`, the stage's own
-    overrides, and what the run decides (name, seed, model, endpoints)."""
+def stage_pipeline_data(config: RunConfig, number: int, model: str) -> dict[str, Any]:
+    """Stage `number`'s PipelineConfig fields: the preset, the run's `pipeline`, the stage's
+    own overrides, and what the run decides (name, seed, model, endpoints)."""
     base = PipelineConfig.small_test() if config.small_test else PipelineConfig()
     data = deep_merge(base.model_dump(mode="json"), config.stage_pipeline(number))
     data.update(
@@ -198,26 +204,55 @@ def stage_pipeline_config(config: RunConfig, number: int, model: str) -> Pipelin
             for url in [config.generator.url, *config.generator.replicas]
         ],
     )
+    return data
+
+
+def stage_pipeline_config(config: RunConfig, number: int, model: str) -> PipelineConfig:
+    """Stage `number`'s PipelineConfig, `model` generating (see `stage_pipeline_data`)."""
+    data = stage_pipeline_data(config, number, model)
     pipeline = validate_config(data, source=f"{config.name} stage {number} pipeline")
     return small_test_overlay(pipeline) if config.small_test else pipeline
 
 
+def stage_job_data(config: RunConfig, number: int, **decided: Any) -> dict[str, Any]:
+    """Stage `number`'s DpoJobSpec fields: the run's `job`, the stage's own overrides, and
+    what the run decides (`decided`: base model, datasets, parent adapter, output name)."""
+    fields = config.stage_job(number)
+    fields.update(kind="dpo", **decided)
+    fields.setdefault("seed", config.seed + number)
+    return fields
+
+
+# What the run fills in when a stage's job is submitted; any valid value checks the rest.
+_JOB_AT_LOAD = {"dataset_id": "checked-at-load", "output_name": "checked-at-load"}
+
+
 def load_run_config(path: str | Path, **overrides: Any) -> RunConfig:
-    """The run config at `path`, every stage's pipeline checked too: a bad count in stage 3
-    is refused now, not after the baseline and two stages have run."""
+    """The run config at `path`, every stage's merged pipeline and job checked too: a bad
+    count or a misspelt field in stage 3 is refused now, not after the baseline and two
+    stages have run."""
     text = read_text(path, "run config", RunConfigError)
     data = deep_merge(parse_mapping(text, path, "run config", RunConfigError), overrides)
     config = validate(RunConfig, data, str(path), RunConfigError, text=text)
     for number in range(1, len(config.stages) + 1):
-        merged = deep_merge(PipelineConfig().model_dump(mode="json"), config.stage_pipeline(number))
+        stage = ("stages", str(number - 1))
         validate(
             PipelineConfig,
-            merged,
+            stage_pipeline_data(config, number, config.generator.base_model),
             str(path),
             RunConfigError,
             text=text,
-            under=(("stages", str(number - 1), "pipeline"), ("pipeline",)),
+            under=((*stage, "pipeline"), ("pipeline",)),
             label=f"stage {number}: pipeline.",
+        )
+        validate(
+            DpoJobSpec,
+            stage_job_data(config, number, base_model=config.trainer.base_model, **_JOB_AT_LOAD),
+            str(path),
+            RunConfigError,
+            text=text,
+            under=((*stage, "job"), ("job",)),
+            label=f"stage {number}: job.",
         )
     return config
 

@@ -39,7 +39,7 @@ from cai.generator import GeneratorClient, adapter_version_name, probe_adapter, 
 from cai.pipeline import PipelineConfig, RunSummary, run_pipeline
 from cai.pipeline.manifest import package_versions
 from cai.pipeline.runner import ProgressSink
-from cai.stages.config import RunConfig, stage_pipeline_config
+from cai.stages.config import RunConfig, stage_job_data, stage_pipeline_config
 from cai.stages.state import RunState, StageState, load_state, save_state, write_json_atomic
 from cai.trainer import TrainerClient
 from embedded.launch import restart_generator
@@ -173,16 +173,15 @@ class StageRunner:
 
     def dpo_spec(self, number: int, stage: StageState, parent: str | None, base: str) -> DpoJobSpec:
         assert stage.train_dataset_id is not None
-        fields = self.config.stage_job(number)
-        fields.update(
-            kind="dpo",
+        fields = stage_job_data(
+            self.config,
+            number,
             base_model=base,
             dataset_id=stage.train_dataset_id,
             eval_dataset_id=stage.test_dataset_id,
             parent_adapter=parent,
             output_name="pending",
         )
-        fields.setdefault("seed", self.config.seed + number)
         spec = DpoJobSpec.model_validate(fields)
         # The name is derived from the spec's content: a resubmit of the same spec names the
         # same adapter (and, with the idempotency key, finds the same job).

@@ -1,17 +1,34 @@
-"""Every shipped run config validates (a typo in a recipe fails here, not on a GPU box)."""
+"""Every shipped config validates (a typo in a recipe fails here, not on a GPU box)."""
 
 from pathlib import Path
 
 import pytest
+import yaml
 
+from cai.pipeline.config import load_config
 from cai.stages.config import load_run_config
 from cai.stages.runner import StageRunner
 from cai.stages.state import StageState
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+# A run config has stages; every other file under configs/ is a pipeline config.
+RUN_CONFIGS = sorted(
+    p.name for p in CONFIGS.glob("*.yaml") if "stages" in yaml.safe_load(p.read_text())
+)
+PIPELINE_CONFIGS = sorted({p.name for p in CONFIGS.glob("*.yaml")} - set(RUN_CONFIGS))
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "gpu-box.yaml"])
+def test_the_shipped_configs_are_found() -> None:
+    assert {"demo.yaml", "gpu-box.yaml", "real-cpu.yaml"} <= set(RUN_CONFIGS)
+    assert {"small-test.yaml", "pipeline.example.yaml"} <= set(PIPELINE_CONFIGS)
+
+
+@pytest.mark.parametrize("name", PIPELINE_CONFIGS)
+def test_pipeline_config_validates(name: str) -> None:
+    load_config(CONFIGS / name)
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
 def test_run_config_and_its_stage_pipelines_validate(name: str, tmp_path: Path) -> None:
     config = load_run_config(CONFIGS / name, run_root=str(tmp_path))
     runner = StageRunner.__new__(StageRunner)  # only the pure config methods are used

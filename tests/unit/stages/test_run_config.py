@@ -57,6 +57,42 @@ def test_bad_run_config_names_the_field(tmp_path: Path) -> None:
         load_run_config(path)
 
 
+THREE_STAGES = "name: r\njob:\n  lora: {r: 8}\nstages:\n  - {}\n  - {}\n"
+
+
+@pytest.mark.parametrize(
+    ("override", "line", "field"),
+    [
+        ("  - job:\n      dpo:\n        betta: 0.2\n", 9, "stage 3: job.dpo.betta"),
+        ("  - job:\n      lora: {r: 0}\n", 8, "stage 3: job.lora.r"),
+        (
+            "  - pipeline:\n      critiques:\n        roundz: 2\n",
+            9,
+            "stage 3: pipeline.critiques.roundz",
+        ),
+    ],
+)
+def test_a_typo_in_a_later_stage_fails_when_the_run_config_loads(
+    tmp_path: Path, override: str, line: int, field: str
+) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(THREE_STAGES + override)
+    with pytest.raises(RunConfigError) as info:
+        load_run_config(path)
+    assert str(info.value).startswith(f"{path}:{line}: {field}: ")
+
+
+def test_the_shared_job_is_checked_as_each_stage_merges_it(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "name: r\njob:\n  dpo: {beta: -1}\nstages:\n  - job: {dpo: {beta: 0.1}}\n  - {}\n"
+    )
+    with pytest.raises(RunConfigError) as info:
+        load_run_config(path)
+    # Stage 1 overrides the bad value; stage 2 inherits it from the run's `job` (line 3).
+    assert str(info.value).startswith(f"{path}:3: stage 2: job.dpo.beta: ")
+
+
 def test_fingerprint_ignores_urls_but_not_hyperparameters() -> None:
     base = {"name": "x", "stages": [{}]}
     one = RunConfig.model_validate(base)
