@@ -14,10 +14,11 @@ from __future__ import annotations
 BENCHMARKS: dict[str, str] = {
     "train-throughput": "bench.train_throughput",
     "train-profile": "bench.train_profile",
+    "train-packing-check": "bench.train_packing_check",
     "client-overhead": "bench.client_overhead",
     "streaming-efficiency": "bench.streaming_efficiency",
     "hot-swap": "bench.hot_swap",
     "projection": "bench.projection",
 }
 # Registered but left out of `python -m bench` (and `make bench`) without a name: diagnostics.
-DIAGNOSTICS: frozenset[str] = frozenset({"train-profile", "projection"})
+DIAGNOSTICS: frozenset[str] = frozenset({"train-profile", "train-packing-check", "projection"})

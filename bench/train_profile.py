@@ -86,8 +86,8 @@ def main(argv: list[str]) -> int:
     prepass_tables: list[str] = []
     make_original = dpo._make_trainer_class
 
-    def make_profiled() -> Any:
-        base = make_original()
+    def make_profiled(packed: bool = False) -> Any:
+        base = make_original(packed)
 
         class Profiled(base):  # type: ignore[misc, valid-type]
             def training_step(self, model: Any, inputs: Any, *rest: Any, **kw: Any) -> Any:

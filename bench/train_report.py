@@ -66,6 +66,11 @@ def summarise(
                 run.setdefault("padded_positions_per_token", {})[phase] = (
                     counts["positions"] / counts["tokens"]
                 )
+        packing = (result.get("config") or {}).get("packing") or {}
+        positions = (result.get("padding") or {}).get("train", {}).get("positions")
+        if packing.get("enabled") and positions and wall and peak_flops and "error" not in result:
+            # The work the packed job really does: each prompt once, flex padding included.
+            run["work_flop_utilisation"] = flops.flops(positions, completion) / wall / peak_flops
         curve = result.get("curve") or []
         run["loss_bins"] = _binned(curve, "loss")
         run["accuracy_bins"] = _binned(curve, "rewards/accuracies")
@@ -96,6 +101,14 @@ def _fmt(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _packed(config: dict[str, Any], run: dict[str, Any]) -> str:
+    packing = config.get("packing") or {}
+    if not packing.get("enabled"):
+        return "no"
+    reference = "pre-pass" if config.get("precompute_ref_log_probs") else "in step"
+    return f"yes, reference {reference} ({_fmt(run.get('work_flop_utilisation'), '.1%')})"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines: list[str] = []
     for name, shape in report["shapes"].items():
@@ -106,14 +119,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             "| run | epoch s | pre-pass s | tokens/s | FLOP util. | peak alloc GB | "
-            "peak reserved GB | micro-batch | checkpointing | Liger | optimizer | padded/real |"
+            "peak reserved GB | micro-batch | checkpointing | Liger | optimizer | padded/real | "
+            "packed (work FLOP util.) |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for run_name, run in shape["runs"].items():
             config = run.get("config") or {}
             padding = run.get("padded_positions_per_token", {}).get("train")
             if "error" in run:
-                lines.append(f"| {run_name} | failed: {run['error'][:120]} ||||||||||| ")
+                lines.append(f"| {run_name} | failed: {run['error'][:120]} |||||||||||| ")
                 continue
             lines.append(
                 f"| {run_name} | {_fmt(run.get('wall_seconds'), '.1f')} "
@@ -124,7 +138,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {_fmt(run.get('peak_reserved_gb'), '.1f')} "
                 f"| {config.get('micro_batch')} | {config.get('gradient_checkpointing')} "
                 f"| {config.get('use_liger_kernel')} | {config.get('optimizer', 'adamw')} "
-                f"| {_fmt(padding, '.2f')} |"
+                f"| {_fmt(padding, '.2f')} | {_packed(config, run)} |"
             )
         if "speedup" in shape:
             lines.append("")

@@ -97,29 +97,40 @@ class FlopModel:
 
 
 class _PaddingCounter:
-    """Counts what TRL's collator hands the model: positions (padded) and real tokens."""
+    """Counts what the collators hand the model: positions (padded) and real tokens. The
+    packed collator's positions (flex padding included) are set against the real tokens of
+    the two rows TRL would have built, so its ratio is below 1 where the prompt is shared."""
 
     def __init__(self) -> None:
         self.phase = "prepass"
         self.counts: dict[str, dict[str, int]] = {}
 
+    def add(self, positions: int, tokens: int) -> None:
+        slot = self.counts.setdefault(self.phase, {"batches": 0, "positions": 0, "tokens": 0})
+        slot["batches"] += 1
+        slot["positions"] += positions
+        slot["tokens"] += tokens
+
     def install(self) -> None:
         from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+        from services.trainer.jobs.packing_trainer import PackedCollator
+
         original = DataCollatorForPreference.torch_call
-        counter = self
+        packed_original = PackedCollator.__call__
 
         def counting(collator: Any, examples: list[dict[str, Any]]) -> dict[str, Any]:
             batch: dict[str, Any] = original(collator, examples)
-            slot = counter.counts.setdefault(
-                counter.phase, {"batches": 0, "positions": 0, "tokens": 0}
-            )
-            slot["batches"] += 1
-            slot["positions"] += int(batch["input_ids"].numel())
-            slot["tokens"] += int(batch["attention_mask"].sum())
+            self.add(int(batch["input_ids"].numel()), int(batch["attention_mask"].sum()))
+            return batch
+
+        def counting_packed(collator: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+            batch: dict[str, Any] = packed_original(collator, rows)
+            self.add(int(batch["input_ids"].numel()), int(batch["num_tokens"]))
             return batch
 
         DataCollatorForPreference.torch_call = counting  # type: ignore[method-assign, assignment]
+        PackedCollator.__call__ = counting_packed  # type: ignore[method-assign, assignment]
 
 
 def _versions() -> dict[str, str]:
@@ -228,8 +239,8 @@ def apply_proposed_fixes(dpo: Any) -> None:
     torch.backends.cuda.enable_cudnn_sdp(False)
     make_original = dpo._make_trainer_class
 
-    def make() -> Any:
-        base = make_original()
+    def make(*args: Any) -> Any:
+        base = make_original(*args)
 
         class NoInputCast(base):  # type: ignore[misc, valid-type]
             def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -307,10 +318,15 @@ def _run_project(
                 "optimizer",
                 "length_grouped_batches",
                 "padding_free",
+                "packing",
+                "attn_implementation",
                 "memory_plan",
             )
         }
-        | {"learning_rate": config["dpo"]["learning_rate"]},
+        | {
+            "learning_rate": config["dpo"]["learning_rate"],
+            "precompute_ref_log_probs": config["dpo"]["precompute_ref_log_probs"],
+        },
     }
 
 
@@ -436,6 +452,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="... optimizer",
     )
+    parser.add_argument(
+        "--job-packing", choices=("on", "off"), default=None, help="... shared-prompt packing"
+    )
+    parser.add_argument(
+        "--job-precompute",
+        choices=("on", "off"),
+        default=None,
+        help="... reference pre-pass (off: a reference forward in every step)",
+    )
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=RUNS, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -474,6 +499,10 @@ def main(argv: list[str]) -> int:
             overrides["gradient_checkpointing"] = args.job_checkpointing == "on"
         if args.job_optimizer is not None:
             overrides["optimizer"] = args.job_optimizer
+        if args.job_packing is not None:
+            overrides["packing"] = args.job_packing == "on"
+        if args.job_precompute is not None:
+            overrides["precompute_ref_log_probs"] = args.job_precompute == "on"
         (work / "job-overrides.json").write_text(json.dumps(overrides))
         results = {run: _spawn(run, name, work, device, args.seed) for run in runs}
         report["shapes"][name] = summarise(

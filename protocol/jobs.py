@@ -208,6 +208,14 @@ class DpoSpec(BaseModel):
         default=None,
         description="Activation checkpointing; default chosen from memory (off where it fits).",
     )
+    packing: bool | None = Field(
+        default=None,
+        description=(
+            "Shared-prompt packing: each pair's prompt computed once and pairs packed end to "
+            "end without padding. Default: on where the model's attention takes it (Qwen2/3, "
+            "Llama; one process). false: TRL's padded rows. true: refuse to start otherwise."
+        ),
+    )
     warmup_ratio: float = Field(
         default=0.1,
         ge=0.0,

@@ -186,13 +186,14 @@ def test_the_first_step_sees_a_reference_equal_to_the_policy(trained: dict[str, 
     assert first.metrics["rewards/margins"] == pytest.approx(0.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("packing", [True, False])
 def test_liger_kernels_are_in_place_before_the_reference_pre_pass(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packing: bool
 ) -> None:
     """The Trainer applies Liger in `train()`, after TRL's constructor has run the pre-pass;
     the job patches first, so that reference and policy come from the same kernels (on an
     H200 the first step was 0.635-0.746 instead of ln 2 without it). Liger needs CUDA, so
-    the patching is recorded here rather than done."""
+    the patching is recorded here rather than done. Packed, the pre-pass is the job's own."""
     import transformers.integrations.liger as liger_integration
     import transformers.trainer as hf_trainer
 
@@ -208,18 +209,24 @@ def test_liger_kernels_are_in_place_before_the_reference_pre_pass(
     monkeypatch.setattr(hf_trainer, "apply_liger_kernel", record_liger)
     make_trainer_class = dpo._make_trainer_class
 
-    def recording_trainer_class() -> Any:
-        class Recording(make_trainer_class()):  # type: ignore[misc]
+    def recording_trainer_class(packed: bool) -> Any:
+        class Recording(make_trainer_class(packed)):  # type: ignore[misc]
             def compute_ref_log_probs(self, model: Any, inputs: Any) -> Any:
                 events.append(("pre-pass batch", {}))
                 return super().compute_ref_log_probs(model, inputs)
+
+            def precompute_reference(self) -> None:
+                events.append(("pre-pass batch", {}))
+                super().precompute_reference()
 
         return Recording
 
     monkeypatch.setattr(dpo, "_make_trainer_class", recording_trainer_class)
     train = write_jsonl(tmp_path / "train.jsonl", preference_rows(8, seed=3))
-    run_dpo(tiny_spec(num_train_epochs=1), make_context(tmp_path / "job", tiny_model, train))
+    spec = tiny_spec(num_train_epochs=1, packing=packing)
+    result = run_dpo(spec, make_context(tmp_path / "job", tiny_model, train))
 
+    assert result["config"]["packing"]["enabled"] is packing
     kinds = [kind for kind, _ in events]
     assert "pre-pass batch" in kinds
     assert kinds[: kinds.index("pre-pass batch")] == ["liger"]
@@ -254,7 +261,35 @@ def test_result_records_the_effective_configs_and_decisions(trained: dict[str, A
     assert config["micro_batch"] == 2
     assert config["gradient_checkpointing"] is False
     assert config["reference"]["kind"] == "base"
+    assert config["packing"]["enabled"] is True  # the tiny model is a Qwen2
+    assert config["packing"]["attn_implementation"] == "sdpa"
+    assert "dense mask" in config["packing"]["reason"]
+    assert config["padding_free"] is True
     json.dumps(result)  # the runner stores it as JSON
+
+
+def test_packed_and_unpacked_jobs_learn_alike(trained: dict[str, Any], tmp_path: Path) -> None:
+    # The same spec with TRL's padded rows: micro-batches are drawn differently, so steps
+    # differ, but both start at ln 2 and end on the same held-out margin, near enough.
+    root = trained["root"]
+    events: list[JobProgress] = []
+    ctx = make_context(
+        tmp_path / "job",
+        Path(trained["ctx"].base_model_path),
+        trained["train"],
+        root / "eval.jsonl",
+        events=events,
+    )
+    unpacked = run_dpo(tiny_spec(packing=False), ctx)
+    assert unpacked["config"]["packing"]["enabled"] is False
+    packed_losses = [e.metrics["loss"] for e in trained["events"] if "loss" in e.metrics]
+    unpacked_losses = [e.metrics["loss"] for e in events if "loss" in e.metrics]
+    assert len(packed_losses) == len(unpacked_losses)
+    assert packed_losses[0] == pytest.approx(unpacked_losses[0], abs=1e-6)
+    late = slice(-16, None)
+    assert sum(packed_losses[late]) / 16 == pytest.approx(sum(unpacked_losses[late]) / 16, abs=0.1)
+    packed_margin = trained["result"]["metrics"]["eval/margin"]
+    assert packed_margin == pytest.approx(unpacked["metrics"]["eval/margin"], rel=0.1)
 
 
 def test_iterative_dpo_trains_against_the_parent(

@@ -8,14 +8,17 @@ The runner calls `run_dpo(spec, ctx)` in the job's child process. By hand (tiny 
       job_id='j', work_dir=Path('/tmp/w'), output_dir=Path('/tmp/o'), base_model_path='.cache/models/tiny', \
       train_path=Path('pairs.jsonl')))['metrics'])"
 
-What it decides by itself (each decision is a small function in training_device.py /
-training_config.py / training_data.py, recorded in the result's `config`):
-bf16 on GPU, fp32 on CPU; micro-batch and activation checkpointing from free GPU memory
-(checkpointing only when a pair does not fit without it); precomputed reference log-probs
-(the spec's default) with a bigger pre-pass batch; length-grouped micro-batches (TRL 1.16 has
-no padding-free DPO); Liger kernels where importable on CUDA; sdpa attention without cuDNN's
-kernels on CUDA; PEFT's per-layer input cast to fp32 switched off; 8-bit Adam moments only where
-weights and LoRA state would take most of one GPU (`choose_optimizer`).
+`run_dpo` is a few named steps: check the inputs, load the pairs, decide for speed, load
+the model, build the trainer (and the reference), train, save, measure. What it decides by
+itself (each decision a small function in training_device.py / training_config.py /
+packing_plan.py, recorded in the result's `config` and the job log): bf16 on GPU, fp32 on
+CPU; micro-batch and activation checkpointing from free GPU memory (checkpointing only when
+a pair does not fit without it); shared-prompt packing where the model's attention takes
+it (packing.py: the prompt once a pair, pairs end to end, micro-batches sized by tokens),
+else length-grouped padded micro-batches; precomputed reference log-probs (the spec's
+default); Liger kernels where importable on CUDA; sdpa (or, packed on CUDA, flex) attention
+without cuDNN's kernels; PEFT's per-layer input cast to fp32 switched off; 8-bit Adam moments
+only where weights and LoRA state would take most of one GPU (`choose_optimizer`).
 
 Writes the adapter (adapter_config.json, adapter_model.safetensors, tokenizer files) into
 `ctx.output_dir` and nothing else; TRL's scratch goes to `ctx.work_dir`.
@@ -26,18 +29,16 @@ memory plan counts 1/N of the weights (plus two unsharded layers); every rank ta
 smallest free memory of all ranks, so all pick the same micro-batch; the model loads on the
 host (under FSDP rank 0 reads, the others get their shards when FSDP wraps it) instead of
 onto one card; the reference log-probs are computed in the training step (no pre-pass, see
-`distributed_overrides`); the LoRA tensors are gathered from their shards on every rank
-and only rank 0 writes the adapter.
+`distributed_overrides`); pairs are not packed; the LoRA tensors are gathered from their
+shards on every rank and only rank 0 writes the adapter.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import shutil
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,18 @@ from services.trainer.distributed import (
     world_size,
 )
 from services.trainer.jobs.context import JobContext
+from services.trainer.jobs.dpo_trainer import (
+    apply_liger_before_prepass,
+    disable_lora_input_cast,
+    no_weight_hashing,
+)
+from services.trainer.jobs.dpo_trainer import make_trainer_class as _make_trainer_class
+from services.trainer.jobs.dpo_trainer import save_adapter as _save_adapter
+from services.trainer.jobs.packing_plan import (
+    choose_packing,
+    flex_attention_importable,
+    packed_batch_limits,
+)
 from services.trainer.jobs.training_config import (
     SpeedChoices,
     check_parent_compatible,
@@ -63,7 +76,6 @@ from services.trainer.jobs.training_config import (
 )
 from services.trainer.jobs.training_data import (
     DatasetError,
-    LengthGroupedSampler,
     LoadedPairs,
     load_pairs,
     read_rows,
@@ -85,14 +97,26 @@ from services.trainer.jobs.training_device import (
     use_liger_kernel,
 )
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # PyTorch's own fused attention: works on CPU and CUDA and needs no extra package
-# (flash-attn cannot be installed here; TRL's padding-free path, which needed it, is off in 1.16).
+# (flash-attn cannot be installed here). Packed rows on CUDA switch to flex attention.
 ATTN_IMPLEMENTATION = "sdpa"
 
 
 class JobInputError(ValueError):
     """A path the runner should have provided is missing."""
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What the cheap checks established, before anything heavy loads."""
+
+    device: str
+    dtype: str
+    parent: Path | None
+    parent_config: dict[str, Any] | None
+    peft_config: Any
+    rank: int
+    processes: int
 
 
 def _json_safe(value: Any) -> Any:
@@ -128,311 +152,305 @@ def _read_adapter_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def _make_trainer_class() -> Any:
-    from datasets import Dataset
-    from trl import DPOTrainer
-
-    class LengthGroupedDPOTrainer(DPOTrainer):
-        """DPOTrainer drawing micro-batches of similar length (see training_data.py)."""
-
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            data = self.train_dataset
-            if not isinstance(data, Dataset) or "length" not in data.column_names:
-                return super()._get_train_sampler(train_dataset)
-            return LengthGroupedSampler(
-                data["length"], self.args.per_device_train_batch_size, self.args.seed
-            )
-
-    return LengthGroupedDPOTrainer
-
-
-def disable_lora_input_cast(model: Any) -> int:
-    """Turn off PEFT's cast of every LoRA layer's input to the adapter's dtype; returns how
-    many layers had it.
-
-    The LoRA weights are fp32 (master weights for Adam), so PEFT 0.21 casts each adapted
-    projection's bf16 input to fp32 (`_cast_input_dtype`), and bf16 autocast casts it back
-    for the matmul: two copies of each of the seven projections' inputs, forward and
-    backward, and the fp32 copy is kept for backward. Measured on an H100 at the 7B shape:
-    `aten::copy_` was 18% of GPU time, and the job's peak fell from 70.1 to 62.3 GB without
-    it (docs/benchmarks.md, section 3). Under autocast the matmul runs in bf16 either way;
-    the fp32 weights and fp32 Adam states stay. In fp32 (CPU) the cast is a no-op anyway.
-    `cast_input_dtype_enabled` is PEFT's own switch (peft.helpers.disable_input_dtype_casting
-    sets it too, as a context manager; the job needs it for the whole of training).
-    """
-    switched = 0
-    for module in model.modules():
-        if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
-            switched += 1
-    return switched
-
-
-def apply_liger_before_prepass(model: Any, args: Any) -> None:
-    """Patch the model with the Liger kernels before the trainer is built.
-
-    The Trainer applies them only in `train()`, after TRL's constructor has run the reference
-    pre-pass: the precomputed reference log-probs then came from the stock RMSNorm, SwiGLU and
-    RoPE and the policy's from Liger's, and at step 1, where policy and reference are the same
-    model, the loss was 0.635-0.746 instead of ln 2 (sums of a few hundred bf16 per-token
-    values differ by about a nat between the two). Patched first, both passes use the same
-    kernels and step 1 gives 0.6931, margin 0.0000 (H200, docs/benchmarks.md "Loss curves");
-    `train()` patching again changes nothing. The config is the one TRL hands the Trainer.
-    """
-    from transformers.integrations.liger import apply_liger_kernel
-
-    apply_liger_kernel(
-        model, {**(args.liger_kernel_config or {}), "fused_linear_cross_entropy": False}
-    )
-
-
-@contextlib.contextmanager
-def _no_weight_hashing(key: str) -> Iterator[None]:
-    """Skip TRL's fingerprint of the reference weights while the trainer is built.
-
-    With precompute_ref_log_probs, TRL 1.16 sha256-hashes every weight (copied to host and
-    upcast to fp32: ~30 GB at 7B, ~130 GB at 32B) only to name the cache of the reference
-    log-probs. Our datasets live in memory, where `datasets` names that cache randomly in a
-    per-process temp folder and never reuses it, so the hash buys nothing and costs tens of
-    seconds to minutes of an epoch. `key` (job, base, parent) stands in for it.
-    """
-    import trl.trainer.dpo_trainer as dpo_module
-
-    original = dpo_module.hash_module
-    dpo_module.hash_module = lambda module: key
-    try:
-        yield
-    finally:
-        dpo_module.hash_module = original
-
-
-def _save_adapter(
-    model: Any,
-    tokenizer: Any,
-    work_dir: Path,
-    output_dir: Path,
-    state_dict: dict[str, Any] | None = None,
-) -> None:
-    """Only the trained adapter (`default`, not TRL's frozen `ref` copy) and the tokenizer;
-    PEFT's README goes to the scratch folder, not into the registry. `state_dict`: the
-    gathered LoRA tensors of an FSDP model (its own parameters are shards)."""
-    staging = work_dir / "adapter-save"
-    if staging.exists():
-        shutil.rmtree(staging)
-    extra = {"state_dict": state_dict} if state_dict is not None else {}
-    model.save_pretrained(
-        str(staging), selected_adapters=["default"], safe_serialization=True, **extra
-    )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for name in ADAPTER_FILES:
-        shutil.move(str(staging / name), str(output_dir / name))
-    tokenizer.save_pretrained(str(output_dir))
-
-
-def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
-    import datasets
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, PrinterCallback, set_seed
-    from trl import DPOConfig
-
-    from services.trainer.jobs.training_callbacks import ProgressCallback
-    from services.trainer.jobs.training_eval import heldout_metrics
-
-    log = ctx.log
+def _check_inputs(spec: DpoJobSpec, ctx: JobContext, cuda_available: bool) -> _Inputs:
+    """Everything that can fail without loading a model, so a bad spec fails in seconds."""
     if ctx.train_path is None:
         raise JobInputError("the DPO job has no training dataset path")
-
-    # Cheap checks first: a bad spec fails before any model loads.
-    device = resolve_device(ctx.device, torch.cuda.is_available())
+    device = resolve_device(ctx.device, cuda_available)
     check_quantization(spec.load_in_4bit, device, bitsandbytes_importable())
-    dtype = training_dtype(device)
     loss_types(spec.dpo.loss_type)
     parent = ctx.parent_adapter_path
     parent_config = _read_adapter_config(parent) if parent is not None else None
-    peft_config = lora_config(spec.lora) if parent is None else None
     if parent_config is not None:
         overridden = check_parent_compatible(spec, parent_config)
         if overridden:
-            log.warning("iterative DPO keeps the parent's LoRA shape: %s", ", ".join(overridden))
-    rank = int(parent_config["r"]) if parent_config is not None else spec.lora.r
+            ctx.log.warning(
+                "iterative DPO keeps the parent's LoRA shape: %s", ", ".join(overridden)
+            )
     processes = world_size()
     check_supported(processes, spec.load_in_4bit)
-    if processes > 1:
-        # Before any model loads: transformers loads FSDP models rank-0-only only once the
-        # process group exists, and the memory plan below needs every rank's free memory.
-        init_process_group(device)
-    is_main = process_rank() == 0
+    return _Inputs(
+        device=device,
+        dtype=training_dtype(device),
+        parent=parent,
+        parent_config=parent_config,
+        # With a parent, TRL copies its adapter as the frozen reference: no new LoRA.
+        peft_config=lora_config(spec.lora) if parent is None else None,
+        rank=int(parent_config["r"]) if parent_config is not None else spec.lora.r,
+        processes=processes,
+    )
 
-    # The job log gets one line a step from ProgressCallback; datasets' bars would add noise.
-    datasets.disable_progress_bars()
-    set_seed(spec.seed)
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+
+def _load_training_pairs(spec: DpoJobSpec, ctx: JobContext) -> tuple[Any, LoadedPairs]:
+    from transformers import AutoTokenizer
+
+    assert ctx.train_path is not None  # _check_inputs
     tokenizer = AutoTokenizer.from_pretrained(ctx.base_model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train: LoadedPairs = load_pairs(ctx.train_path, tokenizer, spec.dpo.max_length)
-    log.info(
+    train = load_pairs(ctx.train_path, tokenizer, spec.dpo.max_length)
+    ctx.log.info(
         "training pairs: %d kept, %d dropped over max_length=%d, longest %d tokens",
         len(train.dataset),
         train.dropped,
         spec.dpo.max_length,
         train.longest,
     )
+    return tokenizer, train
 
-    model_config = AutoConfig.from_pretrained(ctx.base_model_path)
+
+def _decide_speed(
+    spec: DpoJobSpec, ctx: JobContext, job: _Inputs, train: LoadedPairs, model_config: Any
+) -> tuple[SpeedChoices, ModelShape]:
+    """Optimizer, memory plan and packing from the machine, the model's shape and the data."""
+    device, log = job.device, ctx.log
     shape = ModelShape.from_config(model_config, count_parameters(model_config))
     liger = use_liger_kernel(device, liger_importable())
     free_bytes = probe_free_gpu_bytes() if device == "cuda" else None
-    if processes > 1:
+    if job.processes > 1:
+        # Every rank plans with the tightest card, so all pick the same micro-batch.
         free_bytes = min_across_ranks(free_bytes)
-    plan_shape = sharded_shape(shape, processes) if strategy(device) == "fsdp2" else shape
+    fsdp = strategy(device) == "fsdp2"
+    plan_shape = sharded_shape(shape, job.processes) if fsdp else shape
+    common: dict[str, Any] = {
+        "device": device,
+        "free_bytes": free_bytes,
+        "r": job.rank,
+        "dtype": job.dtype,
+    }
     optimizer, optimizer_reason = choose_optimizer(
         spec.dpo.optimizer,
         plan_shape,
-        device=device,
-        free_bytes=free_bytes,
-        r=rank,
-        dtype=dtype,
+        **common,
         load_in_4bit=spec.load_in_4bit,
-        processes=processes,
+        processes=job.processes,
         eight_bit_usable=device == "cuda" and bitsandbytes_optimizer_usable(),
     )
     log.info("optimizer: %s", optimizer_reason)
     plan = plan_memory(
         plan_shape,
-        device=device,
-        free_bytes=free_bytes,
+        **common,
         longest_pair_tokens=train.longest,
-        r=rank,
-        dtype=dtype,
         load_in_4bit=spec.load_in_4bit,
         optimizer=optimizer,
         requested_micro_batch=spec.dpo.per_device_train_batch_size,
         requested_checkpointing=spec.dpo.gradient_checkpointing,
         use_liger_kernel=liger,
     )
+    packing = choose_packing(
+        spec.dpo.packing,
+        device=device,
+        processes=job.processes,
+        loss_types=loss_types(spec.dpo.loss_type),
+        model_config=model_config,
+        flex_available=flex_attention_importable(),
+    )
+    packing = packed_batch_limits(
+        packing,
+        plan,
+        device=device,
+        longest_pair_tokens=train.longest,
+        requested_micro_batch=spec.dpo.per_device_train_batch_size,
+    )
+    log.info("packing: %s", packing.reason)
     choices = SpeedChoices(
         device=device,
-        dtype=dtype,
+        dtype=job.dtype,
         plan=plan,
         use_liger_kernel=liger,
-        attn_implementation=ATTN_IMPLEMENTATION,
+        attn_implementation=packing.attn_implementation or ATTN_IMPLEMENTATION,
         length_grouped_batches=True,
         cudnn_attention=use_cudnn_attention(device),
         optimizer=optimizer,
+        packing=packing,
     )
     log.info("speed choices: %s", choices.as_dict())
-    if device == "cuda" and not choices.cudnn_attention:
-        # Process-wide, and the job has its own process. Why: training_device.use_cudnn_attention.
-        torch.backends.cuda.enable_cudnn_sdp(False)
+    return choices, shape
 
-    dpo_kwargs = dpo_config_kwargs(spec, choices, ctx.work_dir)
-    overrides = distributed_overrides(processes, device, dpo_kwargs)
-    if overrides:
-        log.info("%d processes (%s): %s", processes, strategy(device), overrides)
-    dpo_kwargs.update(overrides)
-    args = DPOConfig(**dpo_kwargs)
+
+def _load_model(spec: DpoJobSpec, ctx: JobContext, job: _Inputs, choices: SpeedChoices) -> Any:
     # Under FSDP the model loads on the host: rank 0 reads the weights, the other ranks
     # build it on `meta`, and FSDP places each rank's shard on its GPU when it wraps it.
-    load_device = device if processes == 1 else "cpu"
-    model = _load_base_model(ctx.base_model_path, dtype, load_device, spec.load_in_4bit)
-    if parent is not None:
+    load_device = job.device if job.processes == 1 else "cpu"
+    model = _load_base_model(ctx.base_model_path, job.dtype, load_device, spec.load_in_4bit)
+    if choices.attn_implementation != ATTN_IMPLEMENTATION:
+        # Packed rows on CUDA: flex attention skips the tiles of the block mask no query sees.
+        model.set_attn_implementation(choices.attn_implementation)
+    if job.parent is not None:
         from peft import PeftModel
 
         # No peft_config: TRL copies this adapter as a frozen `ref` adapter, so the parent
         # (the previous stage) is the reference and the `default` copy is trained.
-        model = PeftModel.from_pretrained(model, str(parent), is_trainable=True)
+        model = PeftModel.from_pretrained(model, str(job.parent), is_trainable=True)
+    return model
+
+
+def _build_trainer(
+    spec: DpoJobSpec,
+    ctx: JobContext,
+    job: _Inputs,
+    choices: SpeedChoices,
+    args: Any,
+    model: Any,
+    tokenizer: Any,
+    train: LoadedPairs,
+    callbacks: list[Any],
+) -> Any:
+    """The trainer, with the reference log-probs computed where the spec precomputes them
+    (TRL's padded pre-pass runs in its constructor; the packed one right after)."""
+    from transformers import PrinterCallback
 
     if choices.use_liger_kernel:
+        # Before TRL's pre-pass (why: dpo_trainer.apply_liger_before_prepass).
         apply_liger_before_prepass(model, args)
-    progress = ProgressCallback(ctx.emit)
-    trainer_class = _make_trainer_class()
-    started = time.monotonic()
+    trainer_class = _make_trainer_class(choices.packed)
+    extra = {"packing": choices.packing} if choices.packed else {}
     fingerprint = hashlib.sha256(
-        f"{ctx.job_id}|{ctx.base_model_path}|{parent}|{spec.seed}".encode()
+        f"{ctx.job_id}|{ctx.base_model_path}|{job.parent}|{spec.seed}".encode()
     ).hexdigest()
-    with _no_weight_hashing(fingerprint):
-        # Builds the PEFT model and runs the reference pre-pass (precompute_ref_log_probs).
+    with no_weight_hashing(fingerprint):
         trainer = trainer_class(
             model=model,
             args=args,
             train_dataset=train.dataset,
             processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=[progress],
+            peft_config=job.peft_config,
+            callbacks=callbacks,
+            **extra,
         )
-    # After construction: TRL wraps the model in PEFT there (and the reference pre-pass runs
-    # with the adapter disabled, where the cast does not happen). Why: disable_lora_input_cast.
-    cast_switched = disable_lora_input_cast(trainer.model)
-    log.info("LoRA input cast to fp32 switched off in %d layers", cast_switched)
+    # After construction: TRL wraps the model in PEFT there. Why: disable_lora_input_cast.
+    switched = disable_lora_input_cast(trainer.model)
+    ctx.log.info("LoRA input cast to fp32 switched off in %d layers", switched)
     # disable_tqdm makes the Trainer print every log dict to stdout; ProgressCallback logs
     # and reports the same numbers.
     trainer.remove_callback(PrinterCallback)
-    prepass_seconds = time.monotonic() - started
-    output = trainer.train()
-    wall = time.monotonic() - started
+    if choices.packed and args.precompute_ref_log_probs:
+        trainer.precompute_reference()
+    return trainer, switched
 
+
+def _save(trainer: Any, tokenizer: Any, ctx: JobContext, job: _Inputs) -> tuple[Any, str | None]:
+    """The trained adapter into ctx.output_dir; returns the PEFT model and the reference's
+    adapter name (None: adapters off, the base)."""
     peft_model = trainer.accelerator.unwrap_model(trainer.model)
     reference_adapter = "ref" if "ref" in peft_model.peft_config else None
-    if parent is not None and reference_adapter is None:
+    if job.parent is not None and reference_adapter is None:
         raise RuntimeError(
             "TRL did not keep the parent adapter as the reference (no `ref` adapter)"
         )
-
-    if processes > 1:
+    if job.processes > 1:
         # A collective: every rank gathers the LoRA shards, rank 0 keeps the full tensors.
+        is_main = process_rank() == 0
         adapter_state = gather_adapter_state(peft_model, "default", keep=is_main)
         if is_main:
             _save_adapter(peft_model, tokenizer, ctx.work_dir, ctx.output_dir, adapter_state)
     else:
         _save_adapter(peft_model, tokenizer, ctx.work_dir, ctx.output_dir)
+    return peft_model, reference_adapter
 
+
+def _heldout(
+    spec: DpoJobSpec,
+    ctx: JobContext,
+    trainer: Any,
+    peft_model: Any,
+    reference_adapter: str | None,
+    tokenizer: Any,
+    choices: SpeedChoices,
+) -> tuple[dict[str, float], int]:
+    """Held-out pair accuracy (training_eval.py) and the number of over-long pairs dropped."""
+    from services.trainer.jobs.training_eval import heldout_metrics
+
+    if ctx.eval_path is None:
+        return {}, 0
+    if choices.attn_implementation != ATTN_IMPLEMENTATION:
+        # Held-out rows are TRL's padded ones; flex would compile a kernel per batch shape.
+        peft_model.get_base_model().set_attn_implementation(ATTN_IMPLEMENTATION)
+    # Under FSDP every rank runs the same held-out batches: each forward all-gathers
+    # the layers from all ranks, so no rank may skip one.
+    rows = read_rows(ctx.eval_path)
+    pairs = [tokenize_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    kept = [p for p in pairs if p.length <= spec.dpo.max_length]
+    if not kept:
+        raise DatasetError(
+            f"every held-out pair is longer than max_length={spec.dpo.max_length} tokens"
+        )
+    metrics = heldout_metrics(
+        peft_model,
+        kept,
+        beta=spec.dpo.beta,
+        pad_token_id=tokenizer.pad_token_id,
+        batch_size=choices.plan.precompute_ref_batch_size,
+        device=trainer.accelerator.device,
+        reference_adapter=reference_adapter,
+        autocast=trainer.accelerator.autocast,
+    )
+    ctx.log.info(
+        "held-out pair accuracy %.3f (reference %.3f), margin %.4f",
+        metrics["eval/pair_accuracy"],
+        metrics["eval/reference_pair_accuracy"],
+        metrics["eval/margin"],
+    )
+    return metrics, len(pairs) - len(kept)
+
+
+def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
+    import datasets
+    import torch
+    from transformers import AutoConfig, set_seed
+    from trl import DPOConfig
+
+    from services.trainer.jobs.training_callbacks import ProgressCallback
+
+    job = _check_inputs(spec, ctx, torch.cuda.is_available())
+    if job.processes > 1:
+        # Before any model loads: transformers loads FSDP models rank-0-only only once the
+        # process group exists, and the memory plan needs every rank's free memory.
+        init_process_group(job.device)
+    # The job log gets one line a step from ProgressCallback; datasets' bars would add noise.
+    datasets.disable_progress_bars()
+    set_seed(spec.seed)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer, train = _load_training_pairs(spec, ctx)
+
+    model_config = AutoConfig.from_pretrained(ctx.base_model_path)
+    choices, shape = _decide_speed(spec, ctx, job, train, model_config)
+    if job.device == "cuda" and not choices.cudnn_attention:
+        # Process-wide, and the job has its own process. Why: training_device.use_cudnn_attention.
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    dpo_kwargs = dpo_config_kwargs(spec, choices, ctx.work_dir)
+    overrides = distributed_overrides(job.processes, job.device, dpo_kwargs)
+    if overrides:
+        ctx.log.info("%d processes (%s): %s", job.processes, strategy(job.device), overrides)
+    args = DPOConfig(**{**dpo_kwargs, **overrides})
+
+    model = _load_model(spec, ctx, job, choices)
+    progress = ProgressCallback(ctx.emit)
+    started = time.monotonic()
+    trainer, cast_switched = _build_trainer(
+        spec, ctx, job, choices, args, model, tokenizer, train, [progress]
+    )
+    prepass_seconds = time.monotonic() - started
+    output = trainer.train()
+    wall = time.monotonic() - started
+
+    peft_model, reference_adapter = _save(trainer, tokenizer, ctx, job)
     train_tokens = int(trainer._total_train_tokens)
-    metrics: dict[str, float] = {}
-    if progress.last is not None:
-        metrics.update(progress.last.metrics)
+    metrics: dict[str, float] = dict(progress.last.metrics) if progress.last is not None else {}
     metrics.update({k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)})
     metrics["train_tokens"] = float(train_tokens)
     metrics["tokens_per_second"] = train_tokens / wall if wall > 0 else 0.0
     metrics["reference_prepass_seconds"] = prepass_seconds
     metrics["wall_seconds"] = wall
     metrics["dropped_rows"] = float(train.dropped)
+    heldout, eval_dropped = _heldout(
+        spec, ctx, trainer, peft_model, reference_adapter, tokenizer, choices
+    )
+    metrics.update(heldout)
 
-    eval_dropped = 0
-    if ctx.eval_path is not None:
-        # Under FSDP every rank runs the same held-out batches: each forward all-gathers
-        # the layers from all ranks, so no rank may skip one.
-        rows = read_rows(ctx.eval_path)
-        pairs = [tokenize_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"]) for r in rows]
-        kept = [p for p in pairs if p.length <= spec.dpo.max_length]
-        eval_dropped = len(pairs) - len(kept)
-        if not kept:
-            raise DatasetError(
-                f"every held-out pair is longer than max_length={spec.dpo.max_length} tokens"
-            )
-        metrics.update(
-            heldout_metrics(
-                peft_model,
-                kept,
-                beta=spec.dpo.beta,
-                pad_token_id=tokenizer.pad_token_id,
-                batch_size=plan.precompute_ref_batch_size,
-                device=trainer.accelerator.device,
-                reference_adapter=reference_adapter,
-                autocast=trainer.accelerator.autocast,
-            )
-        )
-        log.info(
-            "held-out pair accuracy %.3f (reference %.3f), margin %.4f",
-            metrics["eval/pair_accuracy"],
-            metrics["eval/reference_pair_accuracy"],
-            metrics["eval/margin"],
-        )
-
-    effective_lora = peft_model.peft_config["default"].to_dict()
     config = {
         "dpo": _json_safe(args.to_dict()),
-        "lora": _json_safe(effective_lora),
+        "lora": _json_safe(peft_model.peft_config["default"].to_dict()),
         **choices.as_dict(),
         "dropped_rows": train.dropped,
         "eval_dropped_rows": eval_dropped,
@@ -440,24 +458,24 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
         "longest_pair_tokens": train.longest,
         "epoch_tokens": train.tokens,
         "reference": (
-            {"kind": "parent_adapter", "path": str(parent)}
-            if parent is not None
+            {"kind": "parent_adapter", "path": str(job.parent)}
+            if job.parent is not None
             else {"kind": "base", "path": ctx.base_model_path}
         ),
-        "lora_source": "parent" if parent is not None else "spec",
+        "lora_source": "parent" if job.parent is not None else "spec",
         "lora_input_cast_disabled_layers": cast_switched,
         "model_parameters": shape.parameters,
-        "num_processes": processes,
+        "num_processes": job.processes,
         "distributed": (
-            {"strategy": strategy(device), "overrides": _json_safe(overrides)}
-            if processes > 1
+            {"strategy": strategy(job.device), "overrides": _json_safe(overrides)}
+            if job.processes > 1
             else None
         ),
     }
     return {
         "metrics": metrics,
         "config": config,
-        "rank": rank,
+        "rank": job.rank,
         "train_tokens": train_tokens,
         "tokens_per_second": metrics["tokens_per_second"],
     }

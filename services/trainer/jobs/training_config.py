@@ -14,6 +14,7 @@ from typing import Any
 from peft import LoraConfig
 
 from protocol.jobs import FORBIDDEN_TARGETS, DpoJobSpec, LoraSpec, parse_loss_types
+from services.trainer.jobs.packing_plan import PackingChoice
 from services.trainer.jobs.training_device import MemoryPlan
 
 
@@ -36,6 +37,12 @@ class SpeedChoices:
     cudnn_attention: bool = False
     # `adamw` (fused fp32 on GPU) or `adamw_8bit` (training_device.choose_optimizer).
     optimizer: str = "adamw"
+    # Shared-prompt packing (packing_plan.choose_packing); None: not packed.
+    packing: PackingChoice | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.packing is not None and self.packing.enabled
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,13 +54,14 @@ class SpeedChoices:
             "memory_plan": self.plan.as_dict(),
             "use_liger_kernel": self.use_liger_kernel,
             "attn_implementation": self.attn_implementation,
-            "length_grouped_batches": self.length_grouped_batches,
+            "length_grouped_batches": self.length_grouped_batches and not self.packed,
             "cudnn_attention": self.cudnn_attention,
             "optimizer": self.optimizer,
-            # TRL 1.16 disables padding_free for DPO ("temporarily unavailable after a
-            # refactor": it warns and pads). Length-grouped batches recover most of what it
-            # would save: rows of similar length share a batch, so little padding is left.
-            "padding_free": False,
+            # TRL 1.16 disables its padding_free for DPO ("temporarily unavailable after a
+            # refactor": it warns and pads). Packed micro-batches have no padding between
+            # pairs; unpacked ones are length-grouped, so little padding is left.
+            "padding_free": self.packed,
+            "packing": self.packing.as_dict() if self.packing is not None else None,
         }
 
 

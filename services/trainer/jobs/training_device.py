@@ -390,7 +390,7 @@ def use_cudnn_attention(device: str) -> bool:
     for each (~2.7 ms of CPU a call, every layer, forward and backward; the 7B job's GPU sat
     40% idle waiting for it on an H100). PyTorch then picks the flash / memory-efficient
     kernels, which need no plan. Together with the LoRA input cast switched off
-    (dpo.disable_lora_input_cast) the 7B epoch went from 127.7 s to 99.0 s (1.93x -> 2.54x
+    (dpo_trainer.disable_lora_input_cast) the 7B epoch went from 127.7 s to 99.0 s (1.93x -> 2.54x
     plain TRL, docs/benchmarks.md section 3). CPU: cuDNN is not involved."""
     return False
 
