@@ -30,6 +30,7 @@ from cai.stages.config import (
     load_run_config,
     with_base_model,
 )
+from cai.stages.preflight import ServicesUnreachable
 from cai.stages.runner import RunError, RunResult, run_stages
 from cai.trainer import TrainerError
 from protocol.jobs import JobEvent
@@ -190,6 +191,8 @@ def run(
     try:
         result = asyncio.run(run_stages(config, ConsoleReporter(show_progress=not no_progress)))
         report = build_report(config.run_dir)
+    except ServicesUnreachable as exc:
+        fail(exc, 2)  # checked before anything was written, like a bad file
     except RUN_ERRORS as exc:
         fail(exc, 1)
     print_result(result, report)

@@ -40,6 +40,7 @@ from cai.pipeline import PipelineConfig, RunSummary, run_pipeline
 from cai.pipeline.manifest import package_versions
 from cai.pipeline.runner import ProgressSink
 from cai.stages.config import RunConfig, stage_job_data, stage_pipeline_config
+from cai.stages.preflight import check_services
 from cai.stages.state import RunState, StageState, load_state, save_state, write_json_atomic
 from cai.trainer import TrainerClient
 from embedded.launch import restart_generator
@@ -591,6 +592,7 @@ async def run_stages(config: RunConfig, reporter: Reporter | None = None) -> Run
         TrainerClient(config.trainer.url, api_key=_env_key(config.trainer.api_key_env)) as trainer,
         AsyncExitStack() as stack,
     ):
+        await check_services(config, trainer)  # before the run folder is touched
         replicas = [
             await stack.enter_async_context(GeneratorClient(url, api_key=key))
             for url in config.generator.replicas
