@@ -29,8 +29,8 @@ import pytest
 import yaml
 
 from cai.pipeline import PipelineConfig
-from cai.pipeline.accounting import ACCOUNTING
 from cai.pipeline.records import STEPS
+from cai.runfolder import ACCOUNTING_FILE as ACCOUNTING
 from tests.support.stub_generator import StubServer
 
 CAI = str(Path(sys.executable).parent / "cai")

@@ -44,9 +44,10 @@ from cai.pipeline.constitution import ConstitutionError
 from cai.pipeline.heldout import HeldoutError
 from cai.pipeline.instructions import InstructionFileError
 from cai.pipeline.prompts import TemplateError
-from cai.pipeline.runner import CONFIG_FILE, GeneratorUnreachable
+from cai.pipeline.runner import GeneratorUnreachable
 from cai.pipeline.seeds import SeedPoolError
 from cai.pipeline.store import RERUN_STEPS, archive_from
+from cai.runfolder import CONFIG_FILE
 
 console = Console()
 err_console = Console(stderr=True)

@@ -42,9 +42,6 @@ from cai.evaluation.pair_accuracy import (
     resolve_eos_token,
 )
 from cai.evaluation.records import (
-    EVAL_FILE,
-    PAIR_SCORES_FILE,
-    SUMMARY_FILE,
     EvalRecord,
     EvalSummary,
     eval_record_id,
@@ -58,11 +55,11 @@ from cai.pipeline.prompts import Template, load_template
 from cai.pipeline.records import JudgeQuery, derive_seed
 from cai.pipeline.seeds import SeedPool, load_seed_pool
 from cai.pipeline.store import StepFile
+from cai.runfolder import EVAL_FILE, EVAL_SUMMARY_FILE, PAIR_SCORES_FILE, stage_folder, write_atomic
 from protocol.datasets import PreferencePair
 
 logger = logging.getLogger(__name__)
 
-STAGES_DIR = "stages"
 REFERENCE_RULE = "mentions_reference"
 
 
@@ -244,9 +241,9 @@ class _Evaluator:
 
 
 def _stage_dir(run_dir: Path, stage: int) -> Path:
-    stage_dir = run_dir / STAGES_DIR / str(stage)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    return stage_dir
+    folder = stage_folder(run_dir, stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _read_pairs(test_pairs: Path) -> list[PreferencePair]:
@@ -326,7 +323,7 @@ async def evaluate_stage(
             for item in heldout.instructions
             if eval_record_id(stage, item.id) not in file.records
         ]
-        summary_path = stage_dir / SUMMARY_FILE
+        summary_path = stage_dir / EVAL_SUMMARY_FILE
         if not todo and stage == 0 and summary_path.exists():
             logger.info("baseline already evaluated: %s", summary_path)
             return EvalSummary.model_validate_json(summary_path.read_text(encoding="utf-8"))
@@ -384,7 +381,7 @@ async def evaluate_stage(
         previous_stage=previous_stage,
         pair_accuracy=accuracy,
     )
-    _write_atomic(summary_path, summary.model_dump_json(indent=2) + "\n")
+    write_atomic(summary_path, summary.model_dump_json(indent=2) + "\n")
     return summary
 
 
@@ -420,14 +417,8 @@ async def _pair_accuracy(
     finally:
         if own and isinstance(tok, VllmTokenizer):
             await tok.aclose()
-    _write_atomic(stage_dir / PAIR_SCORES_FILE, "".join(s.model_dump_json() + "\n" for s in scores))
+    write_atomic(stage_dir / PAIR_SCORES_FILE, "".join(s.model_dump_json() + "\n" for s in scores))
     return accuracy
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 __all__ = [

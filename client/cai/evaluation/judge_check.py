@@ -38,7 +38,6 @@ from pydantic import ValidationError
 from cai.evaluation.evaluate import EvaluationError
 from cai.evaluation.judge_cases import CORRUPTIONS, AnswerKind, JudgeCase, corrupt, load_judge_cases
 from cai.evaluation.records import (
-    JUDGE_CHECK_FILE,
     Agreement,
     JudgeCaseResult,
     JudgeCheck,
@@ -50,6 +49,7 @@ from cai.pipeline import judgements
 from cai.pipeline.config import PipelineConfig
 from cai.pipeline.prompts import Template, load_template
 from cai.pipeline.records import JudgeQuery, derive_seed
+from cai.runfolder import JUDGE_CHECK_FILE, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -275,12 +275,8 @@ async def check_judge(
     check = summarize_check(
         results, model=model, cases_version=cases.version, template=template, pipeline=pipeline
     )
-    path = Path(run_dir) / JUDGE_CHECK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename: a run killed mid-write leaves no half file that looks reusable.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(check.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    # Atomic: a run killed mid-write leaves no half file that looks reusable.
+    write_atomic(Path(run_dir) / JUDGE_CHECK_FILE, check.model_dump_json(indent=2) + "\n")
     logger.info("judge check: %s", check.verdict)
     return check
 

@@ -36,10 +36,6 @@ from cai.evaluation.stats import (
 from cai.pipeline.heldout import INSTRUCTION_TYPES, InstructionType
 from cai.pipeline.records import JudgeQuery, Record
 
-EVAL_FILE = "eval.jsonl"
-SUMMARY_FILE = "eval_summary.json"
-PAIR_SCORES_FILE = "pair_scores.jsonl"
-JUDGE_CHECK_FILE = "judge_check.json"
 ALL = "all"
 EXAMPLES = 12
 EXAMPLE_CHARS = 400
@@ -368,11 +364,7 @@ def records_by_stage(records: Iterable[EvalRecord]) -> dict[int, list[EvalRecord
 
 __all__ = [
     "ALL",
-    "EVAL_FILE",
     "EXAMPLES",
-    "JUDGE_CHECK_FILE",
-    "PAIR_SCORES_FILE",
-    "SUMMARY_FILE",
     "Agreement",
     "Comparison",
     "EvalRecord",

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from cai.pipeline.manifest import Manifest, Session, StepTokens
+from cai.runfolder import ACCOUNTING_FILE, write_atomic
 
 logger = logging.getLogger(__name__)
 
-ACCOUNTING = "accounting.jsonl"
 HEARTBEAT_S = 1.0
 
 
@@ -49,11 +49,9 @@ class AccountingLog:
     def start(cls, run_dir: Path, *, session: int, gpus: float) -> AccountingLog:
         """Open the log for session `session`; lines of sessions before it are dropped
         (call only after the manifest that holds them is saved)."""
-        path = run_dir / ACCOUNTING
+        path = run_dir / ACCOUNTING_FILE
         lines = [line for line in _lines(path) if line.get("s") == session]
-        tmp = path.with_name(f".{ACCOUNTING}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(line) + "\n" for line in lines))
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         log = cls(path, session, gpus, fd)
         log._append(f'"gpus":{gpus!r}')
@@ -110,7 +108,7 @@ def recover(manifest: Manifest, run_dir: Path) -> None:
     """Give each session that did not end (killed) the time, tokens and counters of its log
     lines, and total the run up again. Idempotent: values are set, never added."""
     by_session: dict[int, list[dict[str, Any]]] = {}
-    for line in _lines(run_dir / ACCOUNTING):
+    for line in _lines(run_dir / ACCOUNTING_FILE):
         by_session.setdefault(line["s"], []).append(line)
     changed = False
     for number, lines in by_session.items():

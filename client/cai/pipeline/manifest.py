@@ -2,7 +2,7 @@
 
     manifest = Manifest.load_or_new(run_dir)
     manifest.sessions.append(...)
-    manifest.save(run_dir)              # temp file + os.replace: never half-written
+    manifest.save(run_dir)              # cai.runfolder.write_atomic: never half-written
 
 Sessions accumulate: a run killed and resumed three times has three sessions, and its wall
 time and GPU-seconds are their sums. A killed session's numbers come from `accounting.jsonl`
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MANIFEST = "manifest.json"
+from cai.runfolder import MANIFEST_FILE, write_atomic
+
 PACKAGES = ("cai-bootstrap", "httpx", "pydantic", "pyyaml", "typer", "rich")
 
 
@@ -95,18 +95,15 @@ class Manifest(BaseModel):
 
     @classmethod
     def load_or_new(cls, run_dir: Path, name: str) -> Manifest:
-        path = run_dir / MANIFEST
+        path = run_dir / MANIFEST_FILE
         if path.exists():
             return cls.model_validate_json(path.read_text(encoding="utf-8"))
         return cls(name=name)
 
     def save(self, run_dir: Path) -> None:
-        path = run_dir / MANIFEST
-        tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        write_atomic(
+            run_dir / MANIFEST_FILE, json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+        )
 
     def total_up(self) -> None:
         """Recompute the run totals from the sessions."""

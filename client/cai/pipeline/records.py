@@ -30,7 +30,6 @@ STEPS: tuple[str, ...] = (
     "judgements",
     "pairs",
 )
-SPLIT_FILES: tuple[str, ...] = ("train", "test")
 
 
 def derive_seed(run_seed: int, *parts: str | int) -> int:

@@ -87,14 +87,14 @@ from cai.pipeline.records import (
     revision_id,
 )
 from cai.pipeline.split import split_groups
-from cai.pipeline.store import RunStore, write_jsonl_atomic
+from cai.pipeline.store import RunStore
 from cai.pipeline.summary import RunSummary, summarise
 from cai.pipeline.transport import KeepAliveTransport
+from cai.runfolder import CONFIG_FILE, write_atomic, write_jsonl_atomic
 from protocol.datasets import PreferencePair
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
 MANIFEST_EVERY_S = 5.0
 # Reading a file, the runner lets the chains it started send their first requests after the
 # first instruction and then every this many: the generator is busy at once instead of after
@@ -254,11 +254,7 @@ class PipelineRunner:
                     f"{self.run_dir} was started with a different config ({path}); records would "
                     "not match. Resume with that config, or start a new run (--name)."
                 )
-        tmp = path.with_name(f".{CONFIG_FILE}.tmp")
-        tmp.write_text(
-            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-        )
-        os.replace(tmp, path)
+        write_atomic(path, yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
 
     def _drop_failed(self) -> dict[str, int]:
         """Remove failed records so that this session asks for them again (instruction

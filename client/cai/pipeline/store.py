@@ -12,23 +12,22 @@ line or a prefix of it without its newline. On open, such a torn tail (no final 
 a last line that is not a valid record) is cut off, logged and counted, and never parsed as
 data; an invalid line *before* the last is real corruption and stops the run with its line
 number. Derived files (`train.jsonl`, `test.jsonl`) are written whole to a temporary file
-and renamed over the old one (`os.replace`).
+and renamed over the old one (cai.runfolder.write_jsonl_atomic).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from cai.pipeline.config import StoreConfig
 from cai.pipeline.records import RECORD_TYPES, STEPS, Record
+from cai.runfolder import REPLACED_DIR, SPLIT_FILES, step_path, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +153,7 @@ class RunStore:
         self.run_dir = run_dir
         self.config = config
         self.files: dict[str, StepFile[Any]] = {
-            step: StepFile(run_dir / f"{step}.jsonl", RECORD_TYPES[step], config) for step in STEPS
+            step: StepFile(step_path(run_dir, step), RECORD_TYPES[step], config) for step in STEPS
         }
 
     def open(self) -> None:
@@ -171,40 +170,7 @@ class RunStore:
         return {step: f.repaired_bytes for step, f in self.files.items() if f.repaired_bytes}
 
     def path(self, name: str) -> Path:
-        return self.run_dir / f"{name}.jsonl"
-
-
-def write_jsonl_atomic(path: Path, rows: Iterable[BaseModel | dict[str, Any]]) -> int:
-    """Write `rows` to `path` via a temporary file and `os.replace`: all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    count = 0
-    with open(tmp, "wb") as handle:
-        for row in rows:
-            if isinstance(row, BaseModel):
-                line = row.model_dump_json()
-            else:
-                line = json.dumps(row, ensure_ascii=False, separators=(",", ":"))
-            handle.write(line.encode() + b"\n")
-            count += 1
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return count
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        return step_path(self.run_dir, name)
 
 
 RERUN_STEPS: tuple[str, ...] = (*STEPS, "split")
@@ -218,11 +184,11 @@ def archive_from(run_dir: Path, step: str) -> list[Path]:
     if step not in RERUN_STEPS:
         raise ValueError(f"unknown step {step!r}; choose one of {', '.join(RERUN_STEPS)}")
     later = list(STEPS[STEPS.index(step) :]) if step in STEPS else []
-    names = [f"{name}.jsonl" for name in (*later, "train", "test")]
-    present = [run_dir / name for name in names if (run_dir / name).exists()]
+    paths = [step_path(run_dir, name) for name in (*later, *SPLIT_FILES)]
+    present = [path for path in paths if path.exists()]
     if not present:
         return []
-    archive = run_dir / "replaced"
+    archive = run_dir / REPLACED_DIR
     number = 1 + max((int(p.name) for p in archive.glob("*") if p.name.isdigit()), default=0)
     target = archive / str(number)
     target.mkdir(parents=True)

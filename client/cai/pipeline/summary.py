@@ -17,6 +17,7 @@ from cai.pipeline.dedupe import DiversityTally, completed
 from cai.pipeline.manifest import Manifest, StepTokens
 from cai.pipeline.records import STEPS
 from cai.pipeline.store import RunStore
+from cai.runfolder import MANIFEST_FILE
 
 
 class RunSummary(BaseModel):
@@ -106,7 +107,7 @@ def summarise(
         test_path=str(store.path("test")),
         train_rows=split_counts.get("train", 0),
         test_rows=split_counts.get("test", 0),
-        manifest_path=str(run_dir / "manifest.json"),
+        manifest_path=str(run_dir / MANIFEST_FILE),
     )
 
 

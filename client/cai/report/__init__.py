@@ -4,7 +4,7 @@ cai report runs/demo            # rebuild it
 python scripts/screenshot_report.py runs/demo/report.html out.png
 """
 
-from cai.report.build import REPORT_FILE, build_report, render
+from cai.report.build import build_report, render
 from cai.report.inputs import RunInputs, load_run
 
-__all__ = ["REPORT_FILE", "RunInputs", "build_report", "load_run", "render"]
+__all__ = ["RunInputs", "build_report", "load_run", "render"]

@@ -16,8 +16,6 @@ nothing from anywhere.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from html import escape
 from pathlib import Path
 
@@ -26,10 +24,9 @@ from cai.report.judge_section import judge_check
 from cai.report.run_sections import costs, examples, funnel
 from cai.report.sections import evaluation, header, lengths, training
 from cai.report.style import CSS
+from cai.runfolder import REPORT_FILE, write_atomic
 
 logger = logging.getLogger(__name__)
-
-REPORT_FILE = "report.html"
 
 
 def build_report(run_dir: Path, out: Path | None = None) -> Path:
@@ -40,13 +37,7 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
     inputs = load_run(run_dir)
     page = render(inputs)
     target = Path(out) if out is not None else run_dir / REPORT_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename: a browser reloading the report never sees half a file.
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=target.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-    os.replace(tmp, target)
+    write_atomic(target, page)  # a browser reloading the report never sees half a file
     logger.info("report written to %s", target)
     return target
 
@@ -89,4 +80,4 @@ def render(inputs: RunInputs) -> str:
     )
 
 
-__all__ = ["REPORT_FILE", "build_report", "render"]
+__all__ = ["build_report", "render"]

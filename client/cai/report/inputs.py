@@ -38,7 +38,6 @@ logged and skipped, so a report can always be built from whatever is there.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -48,35 +47,34 @@ from pydantic import BaseModel, Field, ValidationError
 
 from cai.evaluation.pair_accuracy import PairScore
 from cai.evaluation.records import (
-    EVAL_FILE,
-    JUDGE_CHECK_FILE,
-    PAIR_SCORES_FILE,
-    SUMMARY_FILE,
     EvalRecord,
     EvalSummary,
     JudgeCheck,
     records_by_stage,
     summarize_stage,
 )
+from cai.pipeline.records import STEPS
+from cai.runfolder import (
+    EVAL_FILE,
+    EVAL_SUMMARY_FILE,
+    JUDGE_CHECK_FILE,
+    MANIFEST_FILE,
+    PAIR_SCORES_FILE,
+    SPLIT_FILES,
+    STAGES_DIR,
+    STATE_FILE,
+    STEPS_FILE,
+    TRAIN_EVENTS_FILE,
+    read_json,
+    read_jsonl,
+    stage_folder,
+    step_path,
+)
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
-STATE_FILE = "state.json"
-STEPS_FILE = "steps.jsonl"
-STAGES_DIR = "stages"
-TRAIN_EVENTS_FILE = "train_events.jsonl"
-# The pipeline's step files in funnel order (cai.pipeline.records.STEPS plus the split).
-FUNNEL_STEPS: tuple[str, ...] = (
-    "instructions",
-    "responses",
-    "critiques",
-    "revisions",
-    "judgements",
-    "pairs",
-    "train",
-    "test",
-)
+# The pipeline's step files in funnel order.
+FUNNEL_STEPS: tuple[str, ...] = (*STEPS, *SPLIT_FILES)
 
 
 class TrainPoint(BaseModel):
@@ -159,27 +157,6 @@ class RunInputs(BaseModel):
         return [s for s in self.stages if s.stage > 0]
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file; a torn last line and malformed lines are skipped."""
-    if not path.exists():
-        return []
-    rows: list[dict[str, Any]] = []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = text.split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            if number != len(lines):  # the last segment without "\n" is a torn append
-                logger.warning("%s:%d is not JSON; skipped", path, number)
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def _models(rows: list[dict[str, Any]], model: type[BaseModel], path: Path) -> list[Any]:
     out = []
     for number, row in enumerate(rows, start=1):
@@ -223,7 +200,7 @@ def read_train_events(path: Path) -> list[TrainPoint]:
 def read_funnel(stage_dir: Path) -> list[FunnelStep]:
     funnel = []
     for step in FUNNEL_STEPS:
-        path = stage_dir / f"{step}.jsonl"
+        path = step_path(stage_dir, step)
         if not path.exists():
             continue
         rows = read_jsonl(path)
@@ -241,19 +218,8 @@ def read_funnel(stage_dir: Path) -> list[FunnelStep]:
     return funnel
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        logger.warning("%s unreadable (%s); ignored", path, exc)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def read_pipeline_cost(stage_dir: Path) -> PipelineCost | None:
-    data = _read_json(stage_dir / MANIFEST_FILE)
+    data = read_json(stage_dir / MANIFEST_FILE)
     if not data:
         return None
     try:
@@ -266,7 +232,7 @@ def read_pipeline_cost(stage_dir: Path) -> PipelineCost | None:
 
 
 def read_judge_check(path: Path) -> JudgeCheck | None:
-    data = _read_json(path)
+    data = read_json(path)
     if not data:
         return None
     try:
@@ -288,14 +254,14 @@ def load_run(run_dir: Path) -> RunInputs:
     """Read every report input present under `run_dir` (see the module docstring)."""
     run_dir = Path(run_dir)
     missing: list[str] = []
-    manifest = _read_json(run_dir / MANIFEST_FILE)
+    manifest = read_json(run_dir / MANIFEST_FILE)
     if not manifest:
         missing.append(MANIFEST_FILE)
     eval_rows = read_jsonl(run_dir / EVAL_FILE)
     if not eval_rows:
         missing.append(EVAL_FILE)
     grouped = records_by_stage(_models(eval_rows, EvalRecord, run_dir / EVAL_FILE))
-    state = _read_json(run_dir / STATE_FILE)
+    state = read_json(run_dir / STATE_FILE)
     manifest_models = {
         int(entry["number"]): str(entry["served_name"])
         for entry in state.get("stages", [])
@@ -312,16 +278,16 @@ def load_run(run_dir: Path) -> RunInputs:
     stages: list[StageInputs] = []
     previous: int | None = None
     for number in _stage_numbers(run_dir, grouped):
-        stage_dir = run_dir / STAGES_DIR / str(number)
+        stage_dir = stage_folder(run_dir, number)
         records = grouped.get(number, [])
-        summary_data = _read_json(stage_dir / SUMMARY_FILE)
+        summary_data = read_json(stage_dir / EVAL_SUMMARY_FILE)
         summary: EvalSummary | None = None
         rebuilt = False
         if summary_data:
             try:
                 summary = EvalSummary.model_validate(summary_data)
             except ValidationError as exc:
-                logger.warning("%s invalid (%s); rebuilt", stage_dir / SUMMARY_FILE, exc)
+                logger.warning("%s invalid (%s); rebuilt", stage_dir / EVAL_SUMMARY_FILE, exc)
         if summary is None and records:
             summary = summarize_stage(
                 records,
@@ -331,7 +297,7 @@ def load_run(run_dir: Path) -> RunInputs:
             )
             rebuilt = True
         if summary is None and records == []:
-            missing.append(f"{STAGES_DIR}/{number}/{SUMMARY_FILE}")
+            missing.append(f"{STAGES_DIR}/{number}/{EVAL_SUMMARY_FILE}")
         train = read_train_events(stage_dir / TRAIN_EVENTS_FILE)
         if number > 0 and not train:
             missing.append(f"{STAGES_DIR}/{number}/{TRAIN_EVENTS_FILE}")
@@ -378,10 +344,6 @@ def load_run(run_dir: Path) -> RunInputs:
 
 __all__ = [
     "FUNNEL_STEPS",
-    "MANIFEST_FILE",
-    "STAGES_DIR",
-    "STEPS_FILE",
-    "TRAIN_EVENTS_FILE",
     "FunnelStep",
     "PipelineCost",
     "RunInputs",
@@ -390,7 +352,6 @@ __all__ = [
     "TrainPoint",
     "load_run",
     "read_funnel",
-    "read_jsonl",
     "read_judge_check",
     "read_train_events",
 ]

@@ -1,6 +1,6 @@
 """Where `cai run` stands, saved after every step so an interrupted run resumes there.
 
-`runs/<name>/state.json` is replaced atomically (temp file + fsync + rename): a kill at any
+`runs/<name>/state.json` is replaced atomically (cai.runfolder.write_json_atomic): a kill at any
 moment leaves either the old or the new state, never a torn one. A DPO job already submitted
 is found again through its id here, and through the idempotency key if the kill came
 between the submit and the save.
@@ -8,14 +8,11 @@ between the submit and the save.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-STATE_FILE = "state.json"
+from cai.runfolder import STATE_FILE, write_json_atomic
 
 
 class StageState(BaseModel):
@@ -56,18 +53,3 @@ def load_state(run_dir: Path) -> RunState | None:
 
 def save_state(run_dir: Path, state: RunState) -> None:
     write_json_atomic(run_dir / STATE_FILE, state.model_dump(mode="json"))
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -21,10 +21,11 @@ from cai.evaluation.judge_cases import (
     truncated,
 )
 from cai.evaluation.judge_check import check_judge, reusable_check
-from cai.evaluation.records import JUDGE_CHECK_FILE, JudgeCheck
+from cai.evaluation.records import JudgeCheck
 from cai.pipeline import dedupe, rules
 from cai.pipeline.config import PipelineConfig, RulesConfig
 from cai.pipeline.heldout import load_heldout
+from cai.runfolder import JUDGE_CHECK_FILE
 from tests.unit.evaluation.fake_judge import FakeJudge, always_a, perfect
 
 ROOT = Path(__file__).resolve().parents[3]

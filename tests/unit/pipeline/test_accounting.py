@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cai.pipeline.accounting import ACCOUNTING, AccountingLog, recover
+from cai.pipeline.accounting import AccountingLog, recover
 from cai.pipeline.manifest import Manifest, Session, StepTokens
+from cai.runfolder import ACCOUNTING_FILE as ACCOUNTING
 
 
 def manifest_with(*sessions: Session) -> Manifest:

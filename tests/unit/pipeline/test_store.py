@@ -9,7 +9,8 @@ import pytest
 
 from cai.pipeline.config import StoreConfig
 from cai.pipeline.records import ResponseRecord
-from cai.pipeline.store import RunStore, StepFile, StoreCorrupt, archive_from, write_jsonl_atomic
+from cai.pipeline.store import RunStore, StepFile, StoreCorrupt, archive_from
+from cai.runfolder import write_jsonl_atomic
 
 
 def _record(i: int) -> ResponseRecord:

@@ -20,7 +20,6 @@ from cai.evaluation.judge_cases import AnswerKind, corrupt, load_judge_cases
 from cai.evaluation.judge_check import judge_template, summarize_check
 from cai.evaluation.pair_accuracy import PairScore, summarize
 from cai.evaluation.records import (
-    JUDGE_CHECK_FILE,
     EvalRecord,
     JudgeCaseResult,
     JudgedAnswer,
@@ -30,6 +29,7 @@ from cai.evaluation.records import (
 from cai.pipeline.config import PipelineConfig
 from cai.pipeline.heldout import load_heldout
 from cai.pipeline.records import JudgeQuery
+from cai.runfolder import JUDGE_CHECK_FILE
 
 HOSTILE = '<script>alert("x")</script> & <b>bold</b>'
 BASE_MODEL = "tiny"

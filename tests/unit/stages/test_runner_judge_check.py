@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cai.evaluation.records import JUDGE_CHECK_FILE
+from cai.runfolder import JUDGE_CHECK_FILE, MANIFEST_FILE, STEPS_FILE
 from cai.stages.config import RunConfig
-from cai.stages.runner import MANIFEST_FILE, STEPS_FILE, StageRunner
+from cai.stages.runner import StageRunner
 from tests.unit.evaluation.fake_judge import FakeJudge, perfect
 
 
