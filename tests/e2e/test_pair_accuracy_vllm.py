@@ -86,10 +86,8 @@ async def test_vllm_scores_match_transformers_and_peft(
     vllm_server: VllmServer, tiny_model: Path, random_adapter: Path
 ):
     name = f"rand-{uuid.uuid4().hex[:8]}"
-    async with (
-        GeneratorClient(vllm_server.base_url) as gen,
-        VllmTokenizer(vllm_server.base_url) as tok,
-    ):
+    async with GeneratorClient(vllm_server.base_url) as gen:
+        tok = VllmTokenizer(gen)
         await gen.load_adapter(name, str(random_adapter))
         try:
             summary, scores = await pair_accuracy(

@@ -401,22 +401,16 @@ async def _pair_accuracy(
     eos = settings.eos_token
     if eos == "auto":
         eos = await resolve_eos_token(gen, reference_model)
-    own = tokenizer is None
-    tok: Tokenizer = tokenizer or VllmTokenizer(gen.base_url)
-    try:
-        accuracy, scores = await pair_accuracy(
-            gen,
-            tok,
-            pairs,
-            model=model,
-            reference_model=reference_model,
-            beta=settings.beta,
-            eos_token=eos,
-            pairs_file=str(test_pairs),
-        )
-    finally:
-        if own and isinstance(tok, VllmTokenizer):
-            await tok.aclose()
+    accuracy, scores = await pair_accuracy(
+        gen,
+        tokenizer or VllmTokenizer(gen),
+        pairs,
+        model=model,
+        reference_model=reference_model,
+        beta=settings.beta,
+        eos_token=eos,
+        pairs_file=str(test_pairs),
+    )
     write_atomic(stage_dir / PAIR_SCORES_FILE, "".join(s.model_dump_json() + "\n" for s in scores))
     return accuracy
 

@@ -1,7 +1,7 @@
 """Held-out pair accuracy: the DPO implicit reward, scored through vLLM's prompt log-probabilities.
 
     async with GeneratorClient(url) as gen:
-        tokenizer = VllmTokenizer(url)
+        tokenizer = VllmTokenizer(gen)
         result, scores = await pair_accuracy(
             gen, tokenizer, load_pairs(Path("runs/demo/stages/1/test.jsonl")),
             model="stage1-job-ab12", reference_model="tiny", beta=0.1,
@@ -36,11 +36,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-import httpx
 from pydantic import BaseModel, Field, ValidationError
 
 from cai.evaluation.stats import Interval, wilson_interval
-from cai.generator import GeneratorClient
+from cai.generator import GeneratorClient, GeneratorError
 from protocol.datasets import PreferencePair
 
 logger = logging.getLogger(__name__)
@@ -65,43 +64,26 @@ class Tokenizer(Protocol):
 
 
 class VllmTokenizer:
-    """vLLM's `POST /tokenize` (the GeneratorClient does not wrap it); results are cached."""
+    """The served tokenizer through `GeneratorClient.tokenization`; results are cached (a
+    prompt is tokenized once for both sides of its pair)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
-        )
+    def __init__(self, gen: GeneratorClient) -> None:
+        self._gen = gen
         self._cache: dict[tuple[str, str], Tokenized] = {}
 
     async def __call__(self, text: str, *, model: str) -> Tokenized:
         key = (model, text)
         if key not in self._cache:
+            where = f"POST {self._gen.base_url}/tokenize for model {model!r}"
             try:
-                response = await self._http.post("/tokenize", json={"model": model, "prompt": text})
-                response.raise_for_status()
-                self._cache[key] = Tokenized.model_validate(response.json())
-            except (httpx.HTTPError, ValueError, ValidationError) as exc:
-                raise PairScoringError(
-                    f"POST {self._http.base_url}/tokenize for model {model!r} failed: {exc}"
-                ) from exc
+                # With the special tokens, as /v1/completions tokenizes the prompt it scores.
+                result = await self._gen.tokenization(text, model=model, add_special_tokens=True)
+            except GeneratorError as exc:
+                raise PairScoringError(f"{where} failed: {exc}") from exc
+            if result.max_model_len is None:
+                raise PairScoringError(f"{where} answered without max_model_len")
+            self._cache[key] = Tokenized(tokens=result.tokens, max_model_len=result.max_model_len)
         return self._cache[key]
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> VllmTokenizer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class PairScore(BaseModel):

@@ -43,6 +43,7 @@ from cai.generator.types import (
     CompletionResult,
     ModelCard,
     PromptTokenLogprob,
+    Tokenization,
     TokenLogprobs,
     Usage,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "PublishError",
     "PublishRecord",
     "TokenLogprobs",
+    "Tokenization",
     "Usage",
     "adapter_version_name",
     "check_adapter",

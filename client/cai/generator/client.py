@@ -37,6 +37,7 @@ from cai.generator.types import (
     ErrorBody,
     ModelCard,
     ModelList,
+    Tokenization,
 )
 from cai.http import BearerHttpClient, Sleep
 from cai.retry import backoff_delay
@@ -146,17 +147,24 @@ class GeneratorClient(BearerHttpClient):
     ) -> list[int]:
         """The served tokenizer's ids for `text` (vLLM's /tokenize): count tokens, build
         `logit_bias`, check that a stop string spans several tokens."""
+        result = await self.tokenization(text, model=model, add_special_tokens=add_special_tokens)
+        return result.tokens
+
+    async def tokenization(
+        self, text: str, *, model: str, add_special_tokens: bool = False
+    ) -> Tokenization:
+        """vLLM's whole /tokenize answer for `text`: the ids and the served context length."""
         data = await self._json(
             "POST",
             "/tokenize",
             json={"model": model, "prompt": text, "add_special_tokens": add_special_tokens},
         )
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, list):
+        try:
+            return Tokenization.model_validate(data)
+        except ValidationError as exc:
             raise GeneratorResponseError(
                 f"unexpected /tokenize answer from {self.base_url}: {data!r}"[:300]
-            )
-        return [int(token) for token in tokens]
+            ) from exc
 
     # ---- models and adapters -----------------------------------------------------------
 

@@ -22,32 +22,39 @@ the server also carry the server's own message (vLLM answers `{"error": {"messag
         └── AdapterProbeFailed     loaded, but it does not change the base's outputs
 
 Transport failures and 429/5xx are retried by the client before they are raised; the
-exception raised is the last one seen.
+exception raised is the last one seen. The tree has the shape of cai.errors: each class here
+is also its Service* counterpart (a GeneratorTimeout is a ServiceTimeout).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from cai.errors import (
+    ServiceConnectionError,
+    ServiceError,
+    ServiceResponseError,
+    ServiceStatusError,
+    ServiceTimeout,
+    status_class,
+)
 
-class GeneratorError(Exception):
+
+class GeneratorError(ServiceError):
     """Base class of everything the generator client raises."""
 
 
-class GeneratorConnectionError(GeneratorError):
+class GeneratorConnectionError(GeneratorError, ServiceConnectionError):
     """The generator at `url` could not be reached (refused, reset, DNS, ...)."""
 
-    def __init__(self, message: str, *, url: str) -> None:
-        super().__init__(message)
-        self.url = url
 
-
-class GeneratorTimeout(GeneratorConnectionError):
+class GeneratorTimeout(GeneratorConnectionError, ServiceTimeout):
     """The generator at `url` did not answer within the client's timeout."""
 
 
-class GeneratorStatusError(GeneratorError):
-    """The server answered `status_code`; `server_message` is its own explanation."""
+class GeneratorStatusError(GeneratorError, ServiceStatusError):
+    """The server answered `status_code`; `server_message` is its own explanation, `error_type`
+    vLLM's error type and `body` the whole answer."""
 
     def __init__(
         self,
@@ -59,10 +66,7 @@ class GeneratorStatusError(GeneratorError):
         error_type: str | None = None,
         body: Any = None,
     ) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status_code = status_code
-        self.server_message = server_message
+        super().__init__(message, url=url, status_code=status_code, server_message=server_message)
         self.error_type = error_type
         self.body = body
 
@@ -87,7 +91,7 @@ class GeneratorServerError(GeneratorStatusError):
     """5xx: the server failed; retried with backoff before this is raised."""
 
 
-class GeneratorResponseError(GeneratorError):
+class GeneratorResponseError(GeneratorError, ServiceResponseError):
     """A successful status with a body that does not parse as vLLM's answer."""
 
 
@@ -127,10 +131,10 @@ _BY_STATUS: dict[int, type[GeneratorStatusError]] = {
 
 def status_error_class(status_code: int) -> type[GeneratorStatusError]:
     """The exception class for an HTTP error status."""
-    if status_code in _BY_STATUS:
-        return _BY_STATUS[status_code]
-    if status_code >= 500:
-        return GeneratorServerError
-    if 400 <= status_code < 500:
-        return GeneratorBadRequest
-    return GeneratorStatusError
+    return status_class(
+        _BY_STATUS,
+        status_code,
+        server=GeneratorServerError,
+        client=GeneratorBadRequest,
+        other=GeneratorStatusError,
+    )

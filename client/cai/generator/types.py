@@ -231,6 +231,14 @@ class ModelCard(_Wire):
     owned_by: str | None = None
 
 
+class Tokenization(_Wire):
+    """vLLM's /tokenize answer: the ids and the served context length."""
+
+    tokens: list[int]
+    count: int | None = None
+    max_model_len: int | None = None
+
+
 class ModelList(_Wire):
     data: list[ModelCard]
 

@@ -47,6 +47,7 @@ from cai.generator.errors import (
 )
 from cai.generator.types import CompletionResult
 from cai.pipeline.config import RetryConfig
+from cai.retry import backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -271,10 +272,14 @@ class RetryingCaller:
             self.stats.retry_reasons[_reason(error)] += 1
             if isinstance(error, GeneratorConnectionError) and self.pool.can_fail_over(endpoint):
                 continue  # another endpoint is reachable: no reason to wait
-            base = min(
-                self.config.initial_backoff_s * 2 ** (attempt - 1), self.config.max_backoff_s
+            await asyncio.sleep(
+                backoff_delay(
+                    self.config.initial_backoff_s,
+                    attempt - 1,
+                    cap=self.config.max_backoff_s,
+                    rng=self._jitter,
+                )
             )
-            await asyncio.sleep(base / 2 + self._jitter.uniform(0.0, base / 2))
 
 
 def _reason(error: Exception) -> str:

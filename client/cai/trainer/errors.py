@@ -15,38 +15,44 @@
     └── JobNotSucceeded            `wait_for_job`: the job ended failed or cancelled
 
 Connection errors and 5xx are retried where the request is safe to repeat (reads, uploads,
-and job submits, which always carry an Idempotency-Key) before they are raised.
+and job submits, which always carry an Idempotency-Key) before they are raised. The tree has
+the shape of cai.errors: each class here is also its Service* counterpart.
 """
 
 from __future__ import annotations
 
+from cai.errors import (
+    ServiceConnectionError,
+    ServiceError,
+    ServiceResponseError,
+    ServiceStatusError,
+    ServiceTimeout,
+    status_class,
+)
 from protocol.errors import Problem
 from protocol.jobs import JobRecord
 
 
-class TrainerError(Exception):
+class TrainerError(ServiceError):
     """Base class of everything the trainer client raises."""
 
 
-class TrainerConnectionError(TrainerError):
-    def __init__(self, message: str, *, url: str) -> None:
-        super().__init__(message)
-        self.url = url
+class TrainerConnectionError(TrainerError, ServiceConnectionError):
+    """The trainer at `url` could not be reached (refused, reset, DNS, ...)."""
 
 
-class TrainerTimeout(TrainerConnectionError):
+class TrainerTimeout(TrainerConnectionError, ServiceTimeout):
     """The trainer at `url` did not answer within the client's timeout."""
 
 
-class TrainerStatusError(TrainerError):
-    """The trainer answered `status_code`; `detail` is its explanation, `problem` its body."""
+class TrainerStatusError(TrainerError, ServiceStatusError):
+    """The trainer answered `status_code`; `detail` (also `server_message`) is its
+    explanation, `problem` its problem+json body."""
 
     def __init__(
         self, message: str, *, url: str, status_code: int, detail: str, problem: Problem | None
     ) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status_code = status_code
+        super().__init__(message, url=url, status_code=status_code, server_message=detail)
         self.detail = detail
         self.problem = problem
 
@@ -75,7 +81,7 @@ class TrainerServerError(TrainerStatusError):
     """5xx: the trainer failed; its log has the details."""
 
 
-class TrainerResponseError(TrainerError):
+class TrainerResponseError(TrainerError, ServiceResponseError):
     """A 2xx answer the client cannot read (not JSON, or not the expected schema)."""
 
 
@@ -87,17 +93,23 @@ class JobNotSucceeded(TrainerError):
         self.job = job
 
 
+_BY_STATUS: dict[int, type[TrainerStatusError]] = {
+    400: TrainerBadRequest,
+    401: TrainerAuthError,
+    403: TrainerAuthError,
+    404: TrainerNotFound,
+    409: TrainerConflict,
+    413: TrainerPayloadTooLarge,
+    422: TrainerBadRequest,
+}
+
+
 def status_error_class(status: int) -> type[TrainerStatusError]:
-    if status in (400, 422):
-        return TrainerBadRequest
-    if status in (401, 403):
-        return TrainerAuthError
-    if status == 404:
-        return TrainerNotFound
-    if status == 409:
-        return TrainerConflict
-    if status == 413:
-        return TrainerPayloadTooLarge
-    if status >= 500:
-        return TrainerServerError
-    return TrainerStatusError
+    """The exception class for an HTTP error status."""
+    return status_class(
+        _BY_STATUS,
+        status,
+        server=TrainerServerError,
+        client=TrainerStatusError,
+        other=TrainerStatusError,
+    )

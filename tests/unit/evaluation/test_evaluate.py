@@ -13,7 +13,6 @@ from cai.evaluation.evaluate import (
     evaluate_stage,
     mentions_reference,
 )
-from cai.evaluation.pair_accuracy import VllmTokenizer
 from cai.evaluation.records import read_eval_records
 from cai.generator import GeneratorClient
 from cai.pipeline.config import PipelineConfig
@@ -213,10 +212,7 @@ async def test_pair_accuracy_is_added_when_test_pairs_are_given(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "tokenizer_config.json").write_text('{"eos_token": "<E>"}')
     fake.model_root = str(tmp_path / "model")
-    tokenizer = VllmTokenizer(URL, transport=httpx.MockTransport(with_prompt_logprobs))
-    summary = await _evaluate(
-        fake, tmp_path, stage=1, model="stage1-abc", test_pairs=pairs, tokenizer=tokenizer
-    )
+    summary = await _evaluate(fake, tmp_path, stage=1, model="stage1-abc", test_pairs=pairs)
     assert summary.pair_accuracy is not None
     assert (summary.pair_accuracy.n, summary.pair_accuracy.correct) == (1, 1)
     scored = [c["prompt"] for c in fake.calls if c.get("prompt_logprobs") == 0]

@@ -82,12 +82,9 @@ def _pairs() -> list[PreferencePair]:
 
 
 async def _run(transport: httpx.MockTransport, pairs, model="adapter", **kwargs):
-    async with (
-        GeneratorClient(BASE_URL, transport=transport, max_retries=0) as gen,
-        VllmTokenizer(BASE_URL, transport=transport) as tokenizer,
-    ):
+    async with GeneratorClient(BASE_URL, transport=transport, max_retries=0) as gen:
         return await pair_accuracy(
-            gen, tokenizer, pairs, model=model, reference_model="base", **kwargs
+            gen, VllmTokenizer(gen), pairs, model=model, reference_model="base", **kwargs
         )
 
 
