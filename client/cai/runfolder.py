@@ -33,11 +33,17 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 logger = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+class RunFolderCorrupt(RuntimeError):
+    """A file the run resumes from (manifest, state) cannot be read; the message names it."""
+
 
 STATE_FILE = "state.json"
 MANIFEST_FILE = "manifest.json"
@@ -151,3 +157,25 @@ def read_json(path: Path) -> dict[str, Any]:
         logger.warning("%s unreadable (%s); ignored", path, exc)
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def read_record(path: Path, model: type[ModelT]) -> ModelT | None:
+    """The `model` stored in `path` (None if there is none yet), or `RunFolderCorrupt`.
+
+    For the files a resume depends on: such a file is written atomically, so one that does
+    not parse was edited or damaged by hand, and guessing past it would lose or double count
+    what it recorded. The one-line error names the file and the first problem.
+    """
+    if not path.exists():
+        return None
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the file"
+        raise RunFolderCorrupt(
+            f"{path} cannot be read ({where}: {first['msg']}): restore it, or move it aside "
+            "to start this run folder's bookkeeping anew"
+        ) from None
+    except OSError as exc:
+        raise RunFolderCorrupt(f"{path} cannot be read: {exc.strerror or exc}") from None

@@ -47,7 +47,7 @@ from cai.pipeline.prompts import TemplateError
 from cai.pipeline.runner import GeneratorUnreachable
 from cai.pipeline.seeds import SeedPoolError
 from cai.pipeline.store import RERUN_STEPS, archive_from
-from cai.runfolder import CONFIG_FILE
+from cai.runfolder import CONFIG_FILE, RunFolderCorrupt
 
 console = Console()
 err_console = Console(stderr=True)
@@ -65,6 +65,7 @@ INPUT_ERRORS = (
 )
 USER_ERRORS = (
     *INPUT_ERRORS,
+    RunFolderCorrupt,
     GeneratorUnreachable,
     RunConfigMismatch,
     ModelNotServed,

@@ -24,6 +24,7 @@ from cai.evaluation.evaluate import EvaluationError
 from cai.evaluation.records import EvalSummary
 from cai.pipeline.runner import ProgressSink
 from cai.report import build_report
+from cai.runfolder import RunFolderCorrupt
 from cai.stages.config import (
     RunConfigError,
     check_run_inputs,
@@ -191,8 +192,8 @@ def run(
     try:
         result = asyncio.run(run_stages(config, ConsoleReporter(show_progress=not no_progress)))
         report = build_report(config.run_dir)
-    except ServicesUnreachable as exc:
-        fail(exc, 2)  # checked before anything was written, like a bad file
+    except (ServicesUnreachable, RunFolderCorrupt) as exc:
+        fail(exc, 2)  # found before anything was written, like a bad file
     except RUN_ERRORS as exc:
         fail(exc, 1)
     print_result(result, report)

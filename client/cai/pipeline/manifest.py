@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.runfolder import MANIFEST_FILE, write_atomic
+from cai.runfolder import MANIFEST_FILE, read_record, write_atomic
 
 PACKAGES = ("cai-bootstrap", "httpx", "pydantic", "pyyaml", "typer", "rich")
 
@@ -95,10 +95,8 @@ class Manifest(BaseModel):
 
     @classmethod
     def load_or_new(cls, run_dir: Path, name: str) -> Manifest:
-        path = run_dir / MANIFEST_FILE
-        if path.exists():
-            return cls.model_validate_json(path.read_text(encoding="utf-8"))
-        return cls(name=name)
+        found = read_record(run_dir / MANIFEST_FILE, cls)
+        return found if found is not None else cls(name=name)
 
     def save(self, run_dir: Path) -> None:
         write_atomic(

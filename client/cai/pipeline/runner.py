@@ -192,11 +192,13 @@ class PipelineRunner:
         # Before anything is written: a generator that is not there fails the run at once,
         # instead of every request failing after its retries and the folder filling with them.
         served = await self._served_models()
+        # A damaged manifest stops the run here too (RunFolderCorrupt), before a file is touched.
+        previous = Manifest.load_or_new(self.run_dir, self.config.name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._check_config()
         self.store.open()
         dropped = self._drop_failed() if self.config.store.retry_failed else {}
-        manifest = self._start_manifest(dropped)
+        manifest = self._start_manifest(previous, dropped)
         manifest.served_models = served
         session = manifest.sessions[-1]
         started = time.monotonic()
@@ -269,9 +271,8 @@ class PipelineRunner:
 
     # ---- manifest -----------------------------------------------------------------------
 
-    def _start_manifest(self, dropped: dict[str, int]) -> Manifest:
+    def _start_manifest(self, manifest: Manifest, dropped: dict[str, int]) -> Manifest:
         config = self.config
-        manifest = Manifest.load_or_new(self.run_dir, config.name)
         recover(manifest, self.run_dir)  # killed sessions: their time and tokens, as logged
         manifest.status = "running"
         manifest.config = config.model_dump(mode="json")

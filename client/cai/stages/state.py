@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from cai.runfolder import STATE_FILE, write_json_atomic
+from cai.runfolder import STATE_FILE, read_record, write_json_atomic
 
 
 class StageState(BaseModel):
@@ -45,10 +45,7 @@ class RunState(BaseModel):
 
 
 def load_state(run_dir: Path) -> RunState | None:
-    path = run_dir / STATE_FILE
-    if not path.exists():
-        return None
-    return RunState.model_validate_json(path.read_text(encoding="utf-8"))
+    return read_record(run_dir / STATE_FILE, RunState)
 
 
 def save_state(run_dir: Path, state: RunState) -> None:
