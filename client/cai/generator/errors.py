@@ -30,29 +30,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from cai.errors import (
-    ServiceConnectionError,
-    ServiceError,
-    ServiceResponseError,
-    ServiceStatusError,
-    ServiceTimeout,
-    status_class,
-)
+from cai import errors as service
 
 
-class GeneratorError(ServiceError):
+class GeneratorError(service.ServiceError):
     """Base class of everything the generator client raises."""
 
 
-class GeneratorConnectionError(GeneratorError, ServiceConnectionError):
+class GeneratorConnectionError(GeneratorError, service.ServiceConnectionError):
     """The generator at `url` could not be reached (refused, reset, DNS, ...)."""
 
 
-class GeneratorTimeout(GeneratorConnectionError, ServiceTimeout):
+class GeneratorTimeout(GeneratorConnectionError, service.ServiceTimeout):
     """The generator at `url` did not answer within the client's timeout."""
 
 
-class GeneratorStatusError(GeneratorError, ServiceStatusError):
+class GeneratorStatusError(GeneratorError, service.ServiceStatusError):
     """The server answered `status_code`; `server_message` is its own explanation, `error_type`
     vLLM's error type and `body` the whole answer."""
 
@@ -91,7 +84,7 @@ class GeneratorServerError(GeneratorStatusError):
     """5xx: the server failed; retried with backoff before this is raised."""
 
 
-class GeneratorResponseError(GeneratorError, ServiceResponseError):
+class GeneratorResponseError(GeneratorError, service.ServiceResponseError):
     """A successful status with a body that does not parse as vLLM's answer."""
 
 
@@ -131,7 +124,7 @@ _BY_STATUS: dict[int, type[GeneratorStatusError]] = {
 
 def status_error_class(status_code: int) -> type[GeneratorStatusError]:
     """The exception class for an HTTP error status."""
-    return status_class(
+    return service.status_class(
         _BY_STATUS,
         status_code,
         server=GeneratorServerError,

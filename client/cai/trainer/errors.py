@@ -21,31 +21,24 @@ the shape of cai.errors: each class here is also its Service* counterpart.
 
 from __future__ import annotations
 
-from cai.errors import (
-    ServiceConnectionError,
-    ServiceError,
-    ServiceResponseError,
-    ServiceStatusError,
-    ServiceTimeout,
-    status_class,
-)
+from cai import errors as service
 from protocol.errors import Problem
 from protocol.jobs import JobRecord
 
 
-class TrainerError(ServiceError):
+class TrainerError(service.ServiceError):
     """Base class of everything the trainer client raises."""
 
 
-class TrainerConnectionError(TrainerError, ServiceConnectionError):
+class TrainerConnectionError(TrainerError, service.ServiceConnectionError):
     """The trainer at `url` could not be reached (refused, reset, DNS, ...)."""
 
 
-class TrainerTimeout(TrainerConnectionError, ServiceTimeout):
+class TrainerTimeout(TrainerConnectionError, service.ServiceTimeout):
     """The trainer at `url` did not answer within the client's timeout."""
 
 
-class TrainerStatusError(TrainerError, ServiceStatusError):
+class TrainerStatusError(TrainerError, service.ServiceStatusError):
     """The trainer answered `status_code`; `detail` (also `server_message`) is its
     explanation, `problem` its problem+json body."""
 
@@ -81,7 +74,7 @@ class TrainerServerError(TrainerStatusError):
     """5xx: the trainer failed; its log has the details."""
 
 
-class TrainerResponseError(TrainerError, ServiceResponseError):
+class TrainerResponseError(TrainerError, service.ServiceResponseError):
     """A 2xx answer the client cannot read (not JSON, or not the expected schema)."""
 
 
@@ -106,7 +99,7 @@ _BY_STATUS: dict[int, type[TrainerStatusError]] = {
 
 def status_error_class(status: int) -> type[TrainerStatusError]:
     """The exception class for an HTTP error status."""
-    return status_class(
+    return service.status_class(
         _BY_STATUS,
         status,
         server=TrainerServerError,
