@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+
 class RunFolderCorrupt(RuntimeError):
     """A file the run resumes from (manifest, state) cannot be read; the message names it."""
 
