@@ -254,6 +254,22 @@ def apply_proposed_fixes(dpo: Any) -> None:
     dpo._make_trainer_class = make
 
 
+def use_dense_mask(dpo: Any) -> None:
+    """Packed rows with sdpa and a dense mask on CUDA too, instead of flex attention's block
+    mask (diagnostic runs only: attention then spans the whole micro-batch)."""
+    from dataclasses import replace
+
+    choose = dpo.choose_packing
+
+    def dense(*args: Any, **kwargs: Any) -> Any:
+        choice = choose(*args, **kwargs)
+        if not choice.enabled:
+            return choice
+        return replace(choice, attn_implementation="sdpa", reason=choice.reason + " [dense]")
+
+    dpo.choose_packing = dense
+
+
 def _run_project(
     work: Path, device: str, seed: int, counter: _PaddingCounter, fixed: bool = False
 ) -> dict[str, Any]:
@@ -263,6 +279,10 @@ def _run_project(
 
     if fixed:
         apply_proposed_fixes(dpo)
+    overrides_file = work / "job-overrides.json"
+    overrides = json.loads(overrides_file.read_text()) if overrides_file.exists() else {}
+    if overrides.pop("dense_mask", False):
+        use_dense_mask(dpo)
 
     def load_random(path: str, dtype: str, device_: str, load_in_4bit: bool) -> Any:
         return random_model(path, dtype, device_, seed)
@@ -279,8 +299,6 @@ def _run_project(
                 {"step": progress.step, "epoch": progress.epoch or 0.0, **progress.metrics}
             )
 
-    overrides_file = work / "job-overrides.json"
-    overrides = json.loads(overrides_file.read_text()) if overrides_file.exists() else {}
     spec = DpoJobSpec(
         base_model="bench",
         dataset_id="bench",
@@ -461,6 +479,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="... reference pre-pass (off: a reference forward in every step)",
     )
+    parser.add_argument(
+        "--job-dense-mask",
+        action="store_true",
+        help="diagnostic: packed rows with sdpa and a dense mask on CUDA (not flex)",
+    )
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=RUNS, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -503,6 +526,8 @@ def main(argv: list[str]) -> int:
             overrides["packing"] = args.job_packing == "on"
         if args.job_precompute is not None:
             overrides["precompute_ref_log_probs"] = args.job_precompute == "on"
+        if args.job_dense_mask:
+            overrides["dense_mask"] = True
         (work / "job-overrides.json").write_text(json.dumps(overrides))
         results = {run: _spawn(run, name, work, device, args.seed) for run in runs}
         report["shapes"][name] = summarise(

@@ -242,7 +242,7 @@ def test_32b_on_an_h100_needs_checkpointing_and_still_fits() -> None:
 
 
 def test_measured_32b_point_is_reproduced() -> None:
-    # docs/benchmarks.md section 3: H100, 84.47 GB free, longest pair 734 tokens, 4 pairs
+    # docs/benchmarks-history.md section 3: H100, 84.47 GB free, longest pair 734 tokens, 4 pairs
     # with checkpointing peaked at 77.9 GB allocated (1,182 tokens/s; 1 pair gave 450).
     free = 84_465_090_560
     plan = gpu_plan(QWEN_32B, free, 734)
@@ -390,7 +390,7 @@ def test_merge_refuses_an_adapter_of_another_base(tmp_path: Path) -> None:
 
 # --- optimizer ---------------------------------------------------------------------------
 
-MEASURED_H100_FREE = 84_465_090_560  # docs/benchmarks.md section 3
+MEASURED_H100_FREE = 84_465_090_560  # docs/benchmarks-history.md section 3
 
 
 def choose(

@@ -153,7 +153,7 @@ def length_grouped_indices(
     megabatch, when the row count is not a multiple of `batch_size`) goes at the end. In
     the middle it shifted every later cut by its shortfall, pairing the tail of one length
     group with the head of the next (900 pairs at micro-batch 11: 1.19 padded positions a
-    token instead of 1.09; measured 1.20 on an H200, docs/benchmarks.md).
+    token instead of 1.09; measured 1.20 on an H200, docs/benchmarks-history.md).
     """
     order = list(range(len(lengths)))
     rng.shuffle(order)

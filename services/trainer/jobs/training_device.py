@@ -11,7 +11,7 @@ reference log-probs: 58 GB peak with 15 GB of bf16 weights, i.e. ~5.2 MB of acti
 with Liger's kernels on; without them the same run peaked at 69 GB (`_NO_LIGER_ACTIVATION_FACTOR`).
 With activation checkpointing the plan counts only the layer inputs kept for backward and
 leaves a fixed margin below the free memory (`_CHECKPOINTED_MARGIN_BYTES`), calibrated on the
-32B shape (docs/benchmarks.md, section 3).
+32B shape (docs/benchmarks-history.md, section 3).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ _MEMORY_SHARE = 0.88
 # 2 x 512 tokens, no checkpointing (notes/trl-peft.md): 69 GB peak without Liger, 58 GB with:
 # 11 GB / 8,192 tokens = 1.34 MB a token more, 26% over the 5.2 MB a token modelled with it.
 # Before this factor the plan assumed Liger always: with Liger off it chose 7 pairs a step at
-# 7B and ran out of memory on step 1 (docs/benchmarks.md, section 3).
+# 7B and ran out of memory on step 1 (docs/benchmarks-history.md, section 3).
 _NO_LIGER_ACTIVATION_FACTOR = 1.26
 # With checkpointing the fixed cost (weights, LoRA state) is most of the card at 32B, and
 # 12% of the free memory held back (`_MEMORY_SHARE`) left no room: the plan fell back to one
@@ -391,7 +391,7 @@ def use_cudnn_attention(device: str) -> bool:
     40% idle waiting for it on an H100). PyTorch then picks the flash / memory-efficient
     kernels, which need no plan. Together with the LoRA input cast switched off
     (dpo_trainer.disable_lora_input_cast) the 7B epoch went from 127.7 s to 99.0 s (1.93x -> 2.54x
-    plain TRL, docs/benchmarks.md section 3). CPU: cuDNN is not involved."""
+    plain TRL, docs/benchmarks-history.md section 3). CPU: cuDNN is not involved."""
     return False
 
 
