@@ -50,13 +50,11 @@ _MEMORY_SHARE = 0.88
 # (RMSNorm's fp32 upcast, SwiGLU's intermediates). Measured at the 7B shape, batch 8 of
 # 2 x 512 tokens, no checkpointing (notes/trl-peft.md): 69 GB peak without Liger, 58 GB with:
 # 11 GB / 8,192 tokens = 1.34 MB a token more, 26% over the 5.2 MB a token modelled with it.
-# Before this factor the plan assumed Liger always: with Liger off it chose 7 pairs a step at
-# 7B and ran out of memory on step 1 (docs/benchmarks-history.md, section 3).
+# A plan that assumes Liger where it is absent overfills the card on step 1.
 _NO_LIGER_ACTIVATION_FACTOR = 1.26
 # With checkpointing the fixed cost (weights, LoRA state) is most of the card at 32B, and
-# 12% of the free memory held back (`_MEMORY_SHARE`) left no room: the plan fell back to one
-# pair a step (450 tokens/s on an H100). Checkpointed plans instead keep this fixed margin
-# below the free memory, for the one layer recomputed at a time, CUDA workspaces and the
+# holding back 12% of the free memory (`_MEMORY_SHARE`) would leave room for one pair a step.
+# Checkpointed plans instead keep this fixed margin below the free memory, for the one layer recomputed at a time, CUDA workspaces and the
 # allocator's fragmentation. Measured at 32B on an H100 (84.5 GB free, longest pair 734
 # tokens): 4 pairs with checkpointing peaked at 77.9 GB allocated / 79.1 GB reserved
 # (1,182 tokens/s against plain TRL's 618 on the same card); this model estimates 78.0 GB.
@@ -389,9 +387,8 @@ def use_cudnn_attention(device: str) -> bool:
     batches every step brings new sequence lengths, and cuDNN builds a new execution plan
     for each (~2.7 ms of CPU a call, every layer, forward and backward; the 7B job's GPU sat
     40% idle waiting for it on an H100). PyTorch then picks the flash / memory-efficient
-    kernels, which need no plan. Together with the LoRA input cast switched off
-    (dpo_trainer.disable_lora_input_cast) the 7B epoch went from 127.7 s to 99.0 s (1.93x -> 2.54x
-    plain TRL, docs/benchmarks-history.md section 3). CPU: cuDNN is not involved."""
+    kernels, which need no plan (measured with dpo_trainer.disable_lora_input_cast: the 7B
+    epoch 22% shorter, docs/benchmarks-history.md section 3). CPU: cuDNN is not involved."""
     return False
 
 

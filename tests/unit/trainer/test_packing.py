@@ -209,3 +209,22 @@ def test_each_epoch_reorders_the_batches_largest_first() -> None:
     assert first != second
     assert sorted(map(tuple, first)) == sorted(map(tuple, batches))
     assert len(sampler) == len(batches)
+
+
+def test_a_flex_model_under_peft_goes_back_to_sdpa_for_padded_rows(tiny_model: Path) -> None:
+    # The job trains packed rows with flex attention on CUDA and scores the held-out pairs
+    # in TRL's padded rows with sdpa (dpo._heldout): the switch must reach the attention
+    # layers through the PEFT wrapper.
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model.set_attn_implementation("flex_attention")
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    peft_model.get_base_model().set_attn_implementation("sdpa")
+    layer = peft_model.get_base_model().model.layers[0].self_attn
+    assert layer.config._attn_implementation == "sdpa"
+    ids = torch.tensor([[1, 2, 3, 0]])
+    with torch.no_grad():
+        out = peft_model(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1, 0]]))
+    assert torch.isfinite(out.logits).all()
