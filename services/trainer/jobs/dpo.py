@@ -46,10 +46,8 @@ from protocol.jobs import DpoJobSpec
 from services.trainer.distributed import (
     check_supported,
     distributed_overrides,
-    gather_adapter_state,
     init_process_group,
     min_across_ranks,
-    process_rank,
     sharded_shape,
     strategy,
     world_size,
@@ -58,10 +56,14 @@ from services.trainer.jobs.context import JobContext
 from services.trainer.jobs.dpo_trainer import (
     apply_liger_before_prepass,
     disable_lora_input_cast,
+    heldout_pair_metrics,
     no_weight_hashing,
+    save_trained_adapter,
 )
 from services.trainer.jobs.dpo_trainer import make_trainer_class as _make_trainer_class
-from services.trainer.jobs.dpo_trainer import save_adapter as _save_adapter
+
+# bench/hot_swap.py and the FSDP test worker save adapters exactly as the job does.
+from services.trainer.jobs.dpo_trainer import save_adapter as _save_adapter  # noqa: F401
 from services.trainer.jobs.packing_plan import (
     choose_packing,
     flex_attention_importable,
@@ -75,11 +77,8 @@ from services.trainer.jobs.training_config import (
     loss_types,
 )
 from services.trainer.jobs.training_data import (
-    DatasetError,
     LoadedPairs,
     load_pairs,
-    read_rows,
-    tokenize_pair,
 )
 from services.trainer.jobs.training_device import (
     ModelShape,
@@ -329,71 +328,6 @@ def _build_trainer(
     return trainer, switched
 
 
-def _save(trainer: Any, tokenizer: Any, ctx: JobContext, job: _Inputs) -> tuple[Any, str | None]:
-    """The trained adapter into ctx.output_dir; returns the PEFT model and the reference's
-    adapter name (None: adapters off, the base)."""
-    peft_model = trainer.accelerator.unwrap_model(trainer.model)
-    reference_adapter = "ref" if "ref" in peft_model.peft_config else None
-    if job.parent is not None and reference_adapter is None:
-        raise RuntimeError(
-            "TRL did not keep the parent adapter as the reference (no `ref` adapter)"
-        )
-    if job.processes > 1:
-        # A collective: every rank gathers the LoRA shards, rank 0 keeps the full tensors.
-        is_main = process_rank() == 0
-        adapter_state = gather_adapter_state(peft_model, "default", keep=is_main)
-        if is_main:
-            _save_adapter(peft_model, tokenizer, ctx.work_dir, ctx.output_dir, adapter_state)
-    else:
-        _save_adapter(peft_model, tokenizer, ctx.work_dir, ctx.output_dir)
-    return peft_model, reference_adapter
-
-
-def _heldout(
-    spec: DpoJobSpec,
-    ctx: JobContext,
-    trainer: Any,
-    peft_model: Any,
-    reference_adapter: str | None,
-    tokenizer: Any,
-    choices: SpeedChoices,
-) -> tuple[dict[str, float], int]:
-    """Held-out pair accuracy (training_eval.py) and the number of over-long pairs dropped."""
-    from services.trainer.jobs.training_eval import heldout_metrics
-
-    if ctx.eval_path is None:
-        return {}, 0
-    if choices.attn_implementation != ATTN_IMPLEMENTATION:
-        # Held-out rows are TRL's padded ones; flex would compile a kernel per batch shape.
-        peft_model.get_base_model().set_attn_implementation(ATTN_IMPLEMENTATION)
-    # Under FSDP every rank runs the same held-out batches: each forward all-gathers
-    # the layers from all ranks, so no rank may skip one.
-    rows = read_rows(ctx.eval_path)
-    pairs = [tokenize_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"]) for r in rows]
-    kept = [p for p in pairs if p.length <= spec.dpo.max_length]
-    if not kept:
-        raise DatasetError(
-            f"every held-out pair is longer than max_length={spec.dpo.max_length} tokens"
-        )
-    metrics = heldout_metrics(
-        peft_model,
-        kept,
-        beta=spec.dpo.beta,
-        pad_token_id=tokenizer.pad_token_id,
-        batch_size=choices.plan.precompute_ref_batch_size,
-        device=trainer.accelerator.device,
-        reference_adapter=reference_adapter,
-        autocast=trainer.accelerator.autocast,
-    )
-    ctx.log.info(
-        "held-out pair accuracy %.3f (reference %.3f), margin %.4f",
-        metrics["eval/pair_accuracy"],
-        metrics["eval/reference_pair_accuracy"],
-        metrics["eval/margin"],
-    )
-    return metrics, len(pairs) - len(kept)
-
-
 def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
     import datasets
     import torch
@@ -434,7 +368,9 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
     output = trainer.train()
     wall = time.monotonic() - started
 
-    peft_model, reference_adapter = _save(trainer, tokenizer, ctx, job)
+    peft_model, reference_adapter = save_trained_adapter(
+        trainer, tokenizer, ctx, parent=job.parent, processes=job.processes
+    )
     train_tokens = int(trainer._total_train_tokens)
     metrics: dict[str, float] = dict(progress.last.metrics) if progress.last is not None else {}
     metrics.update({k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)})
@@ -443,8 +379,15 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
     metrics["reference_prepass_seconds"] = prepass_seconds
     metrics["wall_seconds"] = wall
     metrics["dropped_rows"] = float(train.dropped)
-    heldout, eval_dropped = _heldout(
-        spec, ctx, trainer, peft_model, reference_adapter, tokenizer, choices
+    heldout, eval_dropped = heldout_pair_metrics(
+        spec,
+        ctx,
+        trainer,
+        peft_model,
+        reference_adapter,
+        tokenizer,
+        choices,
+        padded_attention=ATTN_IMPLEMENTATION,
     )
     metrics.update(heldout)
 

@@ -1,5 +1,6 @@
 """Building and finishing the DPO job's trainer: the pieces of dpo.py that touch TRL, PEFT
-and transformers internals, each with the reason it exists.
+and transformers internals, each with the reason it exists, and the two steps after
+training (saving the adapter, scoring the held-out pairs).
 """
 
 from __future__ import annotations
@@ -10,7 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from services.trainer.jobs.training_data import LengthGroupedSampler
+from protocol.jobs import DpoJobSpec
+from services.trainer.distributed import gather_adapter_state, process_rank
+from services.trainer.jobs.context import JobContext
+from services.trainer.jobs.training_config import SpeedChoices
+from services.trainer.jobs.training_data import (
+    DatasetError,
+    LengthGroupedSampler,
+    read_rows,
+    tokenize_pair,
+)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -117,3 +127,73 @@ def save_adapter(
     for name in ADAPTER_FILES:
         shutil.move(str(staging / name), str(output_dir / name))
     tokenizer.save_pretrained(str(output_dir))
+
+
+def save_trained_adapter(
+    trainer: Any, tokenizer: Any, ctx: JobContext, *, parent: Path | None, processes: int
+) -> tuple[Any, str | None]:
+    """The trained adapter into ctx.output_dir; returns the PEFT model and the reference's
+    adapter name (None: adapters off, the base)."""
+    peft_model = trainer.accelerator.unwrap_model(trainer.model)
+    reference_adapter = "ref" if "ref" in peft_model.peft_config else None
+    if parent is not None and reference_adapter is None:
+        raise RuntimeError(
+            "TRL did not keep the parent adapter as the reference (no `ref` adapter)"
+        )
+    if processes > 1:
+        # A collective: every rank gathers the LoRA shards, rank 0 keeps the full tensors.
+        is_main = process_rank() == 0
+        adapter_state = gather_adapter_state(peft_model, "default", keep=is_main)
+        if is_main:
+            save_adapter(peft_model, tokenizer, ctx.work_dir, ctx.output_dir, adapter_state)
+    else:
+        save_adapter(peft_model, tokenizer, ctx.work_dir, ctx.output_dir)
+    return peft_model, reference_adapter
+
+
+def heldout_pair_metrics(
+    spec: DpoJobSpec,
+    ctx: JobContext,
+    trainer: Any,
+    peft_model: Any,
+    reference_adapter: str | None,
+    tokenizer: Any,
+    choices: SpeedChoices,
+    *,
+    padded_attention: str,
+) -> tuple[dict[str, float], int]:
+    """Held-out pair accuracy (training_eval.py) and the number of over-long pairs dropped.
+    The held-out pairs are scored in TRL's padded rows, with `padded_attention`."""
+    from services.trainer.jobs.training_eval import heldout_metrics
+
+    if ctx.eval_path is None:
+        return {}, 0
+    if choices.attn_implementation != padded_attention:
+        # Trained packed with flex attention, which would compile a kernel per batch shape.
+        peft_model.get_base_model().set_attn_implementation(padded_attention)
+    # Under FSDP every rank runs the same held-out batches: each forward all-gathers
+    # the layers from all ranks, so no rank may skip one.
+    rows = read_rows(ctx.eval_path)
+    pairs = [tokenize_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    kept = [p for p in pairs if p.length <= spec.dpo.max_length]
+    if not kept:
+        raise DatasetError(
+            f"every held-out pair is longer than max_length={spec.dpo.max_length} tokens"
+        )
+    metrics = heldout_metrics(
+        peft_model,
+        kept,
+        beta=spec.dpo.beta,
+        pad_token_id=tokenizer.pad_token_id,
+        batch_size=choices.plan.precompute_ref_batch_size,
+        device=trainer.accelerator.device,
+        reference_adapter=reference_adapter,
+        autocast=trainer.accelerator.autocast,
+    )
+    ctx.log.info(
+        "held-out pair accuracy %.3f (reference %.3f), margin %.4f",
+        metrics["eval/pair_accuracy"],
+        metrics["eval/reference_pair_accuracy"],
+        metrics["eval/margin"],
+    )
+    return metrics, len(pairs) - len(kept)
