@@ -2,13 +2,7 @@
 
     await run_stages(load_run_config("configs/demo.yaml"), reporter=ConsoleReporter())
 
-Run folder (`runs/<name>/`, see cai.report.inputs for the files the report reads):
-    state.json            where the run stands (cai.stages.state), replaced atomically
-    manifest.json         config, versions, per-stage models, jobs, datasets, evaluation
-    steps.jsonl           wall time, GPU-seconds, tokens and cost of every finished step
-    judge_check.json      the judge measured on hand-checkable cases, before the baseline
-    eval.jsonl            held-out answers and verdicts, stage 0 = the base
-    stages/<N>/           the pipeline's run folder of stage N, plus train_events.jsonl
+Run folder (`runs/<name>/`): its layout and file names are in cai.runfolder.
 
 Resume: every step records its outcome in state.json before the next begins. A DPO job is
 submitted with an idempotency key derived from its spec, so a run killed between the submit
@@ -39,19 +33,23 @@ from cai.generator import GeneratorClient, adapter_version_name, probe_adapter, 
 from cai.pipeline import PipelineConfig, RunSummary, run_pipeline
 from cai.pipeline.manifest import package_versions
 from cai.pipeline.runner import ProgressSink
+from cai.runfolder import (
+    MANIFEST_FILE,
+    STEPS_FILE,
+    TRAIN_EVENTS_FILE,
+    stage_folder,
+    step_path,
+    write_atomic,
+    write_json_atomic,
+)
 from cai.stages.config import RunConfig, stage_job_data, stage_pipeline_config
 from cai.stages.preflight import check_services
-from cai.stages.state import RunState, StageState, load_state, save_state, write_json_atomic
+from cai.stages.state import RunState, StageState, load_state, save_state
 from cai.trainer import TrainerClient
 from embedded.launch import restart_generator
 from protocol.jobs import DpoJobSpec, JobEvent, JobRecord, JobState, MergeJobSpec
 
 logger = logging.getLogger(__name__)
-
-STAGES_DIR = "stages"
-STEPS_FILE = "steps.jsonl"
-MANIFEST_FILE = "manifest.json"
-TRAIN_EVENTS_FILE = "train_events.jsonl"
 
 
 class RunError(RuntimeError):
@@ -130,7 +128,7 @@ class StageRunner:
         save_state(self.run_dir, self.state)
 
     def _stage_dir(self, number: int) -> Path:
-        return self.run_dir / STAGES_DIR / str(number)
+        return stage_folder(self.run_dir, number)
 
     def _record_step(self, stage: int, step: str, started: float, **extra: Any) -> None:
         wall = time.monotonic() - started
@@ -336,10 +334,10 @@ class StageRunner:
     async def _upload(self, number: int, stage: StageState, stage_dir: Path) -> None:
         started = time.monotonic()
         train = await self.trainer.upload_dataset(
-            stage_dir / "train.jsonl", name=f"{self.config.name}-s{number}-train"
+            step_path(stage_dir, "train"), name=f"{self.config.name}-s{number}-train"
         )
         stage.train_dataset_id = train.id
-        test_path = stage_dir / "test.jsonl"
+        test_path = step_path(stage_dir, "test")
         if test_path.exists() and test_path.stat().st_size > 0:
             test = await self.trainer.upload_dataset(
                 test_path, name=f"{self.config.name}-s{number}-test"
@@ -519,7 +517,7 @@ class StageRunner:
         assert stage.served_name is not None
         started = time.monotonic()
         self.reporter.step(number, "evaluate", f"{stage.served_name} on the held-out set")
-        test_pairs = stage_dir / "test.jsonl"
+        test_pairs = step_path(stage_dir, "test")
         reference = self.config.generator.base_model
         previous = self.state.stages[number - 2] if number > 1 else None
         if (
@@ -573,7 +571,7 @@ def _last_seq(path: Path) -> int:
         if not line.endswith("\n"):
             break
         good.append(line)
-    path.write_text("".join(good), encoding="utf-8")
+    write_atomic(path, "".join(good))
     return last
 
 
