@@ -231,7 +231,10 @@ async def test_a_record_that_keeps_failing_is_marked_failed_and_the_run_goes_on(
     with StubServer(models=["tiny"], fail_status=500, fail_for_s=3600) as stub:
         config = config.model_copy(update={"endpoints": _config(stub.base_url).endpoints})
         summary = await run_pipeline(config, tmp_path / "run")
-    assert summary.status == "complete"
+    # Every record was written and the run reached its end, but with all 4 answers failed
+    # (past retry.max_failed_share) it is `failed`, never `complete`.
+    assert summary.status == "failed"
+    assert summary.status_reason and "max_failed_share" in summary.status_reason
     assert summary.counts["responses"] == {"failed": 4}
     failed = json.loads((tmp_path / "run" / "responses.jsonl").read_text().splitlines()[0])
     assert failed["status"] == "failed" and "500" in failed["reason"]
@@ -243,3 +246,4 @@ async def test_a_record_that_keeps_failing_is_marked_failed_and_the_run_goes_on(
         summary = await run_pipeline(config, tmp_path / "run")
     assert summary.counts["responses"] == {"ok": 4}
     assert summary.failures == {}
+    assert summary.status == "complete"
