@@ -33,6 +33,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def closed_port_url() -> str:
+    """A local URL nothing listens on (a port that was free a moment ago)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def closed_url() -> str:
+    return closed_port_url()
+
+
+@pytest.fixture(scope="module")
+def stub_generator_url() -> Iterator[str]:
+    """The stub generator (tests.support.stub_generator) in its own process, for one module."""
+    from tests.support.stub_generator import StubServer
+
+    stub = StubServer().start()
+    try:
+        yield stub.base_url
+    finally:
+        stub.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     if not (TINY_MODEL / MARKER).exists():

@@ -4,7 +4,6 @@ fresh manifest written over the old one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from cai.cli import app
 from cai.pipeline.manifest import Manifest
 from cai.runfolder import MANIFEST_FILE, STATE_FILE, RunFolderCorrupt, read_record
 from cai.stages.state import RunState, load_state
-from tests.support.stub_generator import StubServer
 
 DAMAGED = {
     "not JSON": b'{"name": "x", "sessions": [',
@@ -54,23 +52,14 @@ def test_missing_files_are_a_fresh_start_and_good_ones_read_back(tmp_path: Path)
     assert Manifest.load_or_new(tmp_path, "other").wall_s == 3.5
 
 
-@pytest.fixture(scope="module")
-def generator() -> Iterator[str]:
-    stub = StubServer().start()
-    try:
-        yield stub.base_url
-    finally:
-        stub.stop()
-
-
 def test_cai_generate_on_a_folder_with_a_damaged_manifest_exits_2_and_keeps_it(
-    tmp_path: Path, generator: str
+    tmp_path: Path, stub_generator_url: str
 ) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     damaged = DAMAGED["not JSON"]
     (run_dir / MANIFEST_FILE).write_bytes(damaged)
-    args = ["generate", "--small-test", "--run-dir", str(run_dir), "--endpoint", generator]
+    args = ["generate", "--small-test", "--run-dir", str(run_dir), "--endpoint", stub_generator_url]
     result = CliRunner().invoke(app, [*args, "--model", "tiny", "--no-progress"])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2, result.output

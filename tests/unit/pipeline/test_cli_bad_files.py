@@ -9,7 +9,6 @@ request would be sent.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,6 @@ from typer.testing import CliRunner
 from cai.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def closed_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def not_utf8(path: Path) -> Path:

@@ -140,37 +140,31 @@ class _FakeJudge:
         )
 
 
-async def test_ask_reads_both_labels_from_the_top_logprobs_in_one_request() -> None:
+async def _ask(judge: _FakeJudge, method: str, good: str = "A") -> JudgeQuery:
     from cai.pipeline.judgements import JudgePrompt, ask
 
-    judge = _FakeJudge({" A": -0.1, " B": -2.5}, echoed=(0.0, 0.0))
-    query = await ask(
+    return await ask(
         judge.complete,
-        JudgePrompt(prompt="Which?", good_label="A"),
+        JudgePrompt(prompt="Which?", good_label=good),
         model="m",
         labels=(" A", " B"),
-        method="auto",
+        method=method,
         top_logprobs=5,
         seed=1,
     )
+
+
+async def test_ask_reads_both_labels_from_the_top_logprobs_in_one_request() -> None:
+    judge = _FakeJudge({" A": -0.1, " B": -2.5}, echoed=(0.0, 0.0))
+    query = await _ask(judge, "auto")
     assert (query.method, query.logprob_a, query.logprob_b) == ("top_logprobs", -0.1, -2.5)
     assert len(judge.calls) == 1 and query.usage.prompt_tokens == 3
     assert query.labels_in_top_k == 2
 
 
 async def test_ask_scores_a_label_missing_from_the_top_k_exactly() -> None:
-    from cai.pipeline.judgements import JudgePrompt, ask
-
     judge = _FakeJudge({" A": -0.1}, echoed=(-0.7, -3.0))
-    query = await ask(
-        judge.complete,
-        JudgePrompt(prompt="Which?", good_label="B"),
-        model="m",
-        labels=(" A", " B"),
-        method="auto",
-        top_logprobs=5,
-        seed=1,
-    )
+    query = await _ask(judge, "auto", good="B")
     assert (query.method, query.logprob_a, query.logprob_b) == ("scored", -0.7, -3.0)
     assert judge.calls[1]["echo"] is True and query.usage.prompt_tokens == 6
     assert query.labels_in_top_k == 1  # what the top-k held before it was scored
@@ -180,36 +174,16 @@ async def test_ask_scores_a_label_missing_from_the_top_k_exactly() -> None:
     ("top", "held"), [({" A": -0.1, " the": -4.0}, 1), ({" the": -0.2, " a": -4.0}, 0)]
 )
 async def test_a_floored_label_is_counted_as_not_read(top, held) -> None:
-    from cai.pipeline.judgements import JudgePrompt, ask
-
     judge = _FakeJudge(top, echoed=(0.0, 0.0))
-    query = await ask(
-        judge.complete,
-        JudgePrompt(prompt="Which?", good_label="A"),
-        model="m",
-        labels=(" A", " B"),
-        method="top_logprobs",
-        top_logprobs=5,
-        seed=1,
-    )
+    query = await _ask(judge, "top_logprobs")
     assert query.labels_in_top_k == held
     assert query.logprob_b == -4.0  # floored at the smallest listed log-prob
     assert len(judge.calls) == 1
 
 
 async def test_scoring_alone_records_no_top_k_count() -> None:
-    from cai.pipeline.judgements import JudgePrompt, ask
-
     judge = _FakeJudge({}, echoed=(-0.7, -3.0))
-    query = await ask(
-        judge.complete,
-        JudgePrompt(prompt="Which?", good_label="A"),
-        model="m",
-        labels=(" A", " B"),
-        method="scored",
-        top_logprobs=5,
-        seed=1,
-    )
+    query = await _ask(judge, "scored")
     assert query.method == "scored" and query.labels_in_top_k is None
     assert len(judge.calls) == 1
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -158,14 +157,6 @@ async def test_failed_records_are_asked_for_again_by_the_next_run(tmp_path: Path
     assert first.requests == second.requests == 4
     sessions = Manifest.load_or_new(run_dir, "x").sessions
     assert sessions[1].dropped_failed == {"responses": 4}
-
-
-@pytest.fixture
-def closed_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("command", ["generate", "rerun"])

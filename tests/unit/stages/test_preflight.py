@@ -3,9 +3,7 @@ class 5): the generator and its replicas, a judge server a stage names, and the 
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from cai.cli import app
 from cai.stages.config import RunConfig, load_run_config
 from cai.stages.preflight import ServicesUnreachable, check_services, judge_servers
 from cai.trainer.errors import TrainerConnectionError
-from tests.support.stub_generator import StubServer
+from tests.conftest import closed_port_url
 
 DEMO = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 
@@ -38,29 +36,14 @@ class Trainer:
         return {"status": "ok"}
 
 
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
-@pytest.fixture(scope="module")
-def generator() -> Iterator[str]:
-    stub = StubServer().start()
-    try:
-        yield stub.base_url
-    finally:
-        stub.stop()
-
-
 def config(tmp_path: Path, url: str, replicas: tuple[str, ...] = (), **overrides: Any) -> RunConfig:
     generator = {"url": url, "replicas": list(replicas)}
     return load_run_config(DEMO, generator=generator, run_root=str(tmp_path / "runs"), **overrides)
 
 
-async def test_every_server_answering_lets_the_run_start(tmp_path, generator):
+async def test_every_server_answering_lets_the_run_start(tmp_path, stub_generator_url):
     trainer = Trainer()
-    await check_services(config(tmp_path, generator), trainer)  # type: ignore[arg-type]
+    await check_services(config(tmp_path, stub_generator_url), trainer)  # type: ignore[arg-type]
     assert trainer.asked == 1
 
 
@@ -73,32 +56,34 @@ async def test_a_generator_not_listening_is_named_with_its_setting(tmp_path):
     assert "\n" not in message
 
 
-async def test_a_replica_down_is_named_even_when_the_first_server_answers(tmp_path, generator):
+async def test_a_replica_down_is_named_even_when_the_first_server_answers(
+    tmp_path, stub_generator_url
+):
     replica = closed_port_url()
-    run = config(tmp_path, generator, replicas=[replica])
+    run = config(tmp_path, stub_generator_url, replicas=[replica])
     with pytest.raises(ServicesUnreachable, match="--replica") as info:
         await check_services(run, Trainer())  # type: ignore[arg-type]
-    assert replica in str(info.value) and generator not in str(info.value)
+    assert replica in str(info.value) and stub_generator_url not in str(info.value)
 
 
 async def test_a_judge_server_named_only_in_a_later_stage_is_checked_before_the_baseline(
-    tmp_path, generator
+    tmp_path, stub_generator_url
 ):
     judge = closed_port_url()
     stages = [
         {"chain": "continue"},
         {"chain": "continue", "pipeline": {"judge": {"endpoints": [{"url": judge}]}}},
     ]
-    run = config(tmp_path, generator, stages=stages)
+    run = config(tmp_path, stub_generator_url, stages=stages)
     assert list(judge_servers(run)) == [judge]
     with pytest.raises(ServicesUnreachable, match=r"pipeline\.judge\.endpoints") as info:
         await check_services(run, Trainer())  # type: ignore[arg-type]
     assert judge in str(info.value)
 
 
-async def test_a_trainer_not_listening_is_named_with_its_setting(tmp_path, generator):
+async def test_a_trainer_not_listening_is_named_with_its_setting(tmp_path, stub_generator_url):
     with pytest.raises(ServicesUnreachable, match="CAI_TRAINER_URL") as info:
-        await check_services(config(tmp_path, generator), Trainer(up=False))  # type: ignore[arg-type]
+        await check_services(config(tmp_path, stub_generator_url), Trainer(up=False))  # type: ignore[arg-type]
     assert "http://t" in str(info.value)
 
 
