@@ -106,6 +106,20 @@ def torn_tails(run_dir: Path) -> dict[str, int]:
     return tails
 
 
+def kill_mid_session(config: Path, run: Path, delay_s: float, which: str) -> None:
+    """Start a session of `run`, SIGKILL it `delay_s` after it has written something new."""
+    before = written_bytes(run)
+    process = generate(config, run)
+    deadline = time.monotonic() + 60
+    while written_bytes(run) <= before and process.poll() is None:
+        assert time.monotonic() < deadline, "the run made no progress in 60 s"
+        time.sleep(0.005)  # polling the files for progress
+    time.sleep(delay_s)
+    assert process.poll() is None, f"the run finished before {which}: make the config larger"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def tear_last_line(run_dir: Path, rng: random.Random) -> tuple[str, int]:
     """Leave what a write cut short would: the start of a record line, with no newline."""
     candidates = [
@@ -143,19 +157,7 @@ def test_20_sigkills_in_a_row_end_with_the_records_of_an_uninterrupted_run(
     found_on_open: list[dict[str, int]] = [{}]
     injected: dict[int, tuple[str, int]] = {}  # session number -> the tail the test wrote
     for kill in range(KILLS):
-        before = written_bytes(run)
-        process = generate(config, run)
-        deadline = time.monotonic() + 60
-        # A random moment once this session is under way (it has written something new).
-        while written_bytes(run) <= before and process.poll() is None:
-            assert time.monotonic() < deadline, "the run made no progress in 60 s"
-            time.sleep(0.005)  # polling the files for progress
-        time.sleep(rng.uniform(0.0, 0.25))
-        assert process.poll() is None, (
-            f"the run finished before kill {kill + 1} of {KILLS}: make the config larger"
-        )
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        kill_mid_session(config, run, rng.uniform(0.0, 0.25), f"kill {kill + 1} of {KILLS}")
         if kill % 5 == 4:
             injected[kill + 1] = tear_last_line(run, rng)
         found_on_open.append(torn_tails(run))
@@ -342,17 +344,8 @@ def test_sigkilled_sessions_count_their_time_and_tokens(stub: StubServer, tmp_pa
     config = write_config(tmp_path / "config.yaml", stub.base_url)
     run = tmp_path / "run"
     rng = random.Random(7)
-    for _ in range(4):
-        before = written_bytes(run)
-        process = generate(config, run)
-        deadline = time.monotonic() + 60
-        while written_bytes(run) <= before and process.poll() is None:
-            assert time.monotonic() < deadline, "the run made no progress in 60 s"
-            time.sleep(0.005)  # polling the files for progress
-        time.sleep(rng.uniform(0.05, 0.3))
-        assert process.poll() is None, "the run finished before its kill: make it larger"
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+    for kill in range(4):
+        kill_mid_session(config, run, rng.uniform(0.05, 0.3), f"kill {kill + 1} of 4")
     generate_to_end(config, run)
 
     final = manifest(run)

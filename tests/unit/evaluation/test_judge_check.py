@@ -26,23 +26,12 @@ from cai.pipeline import dedupe, rules
 from cai.pipeline.config import PipelineConfig, RulesConfig
 from cai.pipeline.heldout import load_heldout
 from cai.runfolder import JUDGE_CHECK_FILE
+from tests.support.seed_pool import seed_pool_texts
 from tests.unit.evaluation.fake_judge import FakeJudge, always_a, perfect
 
-ROOT = Path(__file__).resolve().parents[3]
-SEED_POOL = ROOT / "client" / "cai" / "pipeline" / "seed_pool.yaml"
 # The held-out set's own leak threshold (cai.pipeline.heldout): what counts as a copy there
 # counts as one here.
 NEAR = 0.5
-
-
-def _strings(node: object) -> list[str]:
-    if isinstance(node, str):
-        return [node]
-    if isinstance(node, dict):
-        return [s for value in node.values() for s in _strings(value)]
-    if isinstance(node, list):
-        return [s for value in node for s in _strings(value)]
-    return []
 
 
 # ---- the cases file ------------------------------------------------------------------------
@@ -57,7 +46,7 @@ def test_packaged_cases_are_versioned_and_cover_every_instruction_type():
 
 def test_no_judge_case_copies_a_held_out_or_seed_pool_text():
     others = [i.instruction for i in load_heldout().instructions]
-    others += _strings(yaml.safe_load(SEED_POOL.read_text("utf-8")))
+    others += seed_pool_texts()
     index = dedupe.DuplicateIndex(threshold=NEAR)
     for n, text in enumerate(others):
         index.add(f"other-{n}", text)

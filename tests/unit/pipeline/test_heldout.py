@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
 from cai.pipeline.heldout import (
     INSTRUCTION_TYPES,
@@ -14,20 +11,7 @@ from cai.pipeline.heldout import (
     load_heldout,
     normalise,
 )
-
-ROOT = Path(__file__).resolve().parents[3]
-SEED_POOL = ROOT / "client" / "cai" / "pipeline" / "seed_pool.yaml"
-
-
-def _strings(node: object) -> list[str]:
-    """Every string in a YAML tree: the seed pool's layout may change, its texts may not leak."""
-    if isinstance(node, str):
-        return [node]
-    if isinstance(node, dict):
-        return [s for value in node.values() for s in _strings(value)]
-    if isinstance(node, list):
-        return [s for value in node for s in _strings(value)]
-    return []
+from tests.support.seed_pool import SEED_POOL, seed_pool_texts
 
 
 def test_packaged_set_is_versioned_with_twelve_instructions_per_type():
@@ -57,7 +41,7 @@ def test_no_seed_pool_text_is_a_held_out_instruction():
     if not SEED_POOL.exists():
         pytest.skip(f"{SEED_POOL} not written yet (the pipeline's seed pool)")
     guard = HeldoutGuard(load_heldout())
-    texts = _strings(yaml.safe_load(SEED_POOL.read_text("utf-8")))
+    texts = seed_pool_texts()
     assert texts, "the seed pool holds no text"
     leaks = {text: guard.match(text) for text in texts if guard.match(text)}
     assert leaks == {}
