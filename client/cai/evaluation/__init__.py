@@ -6,14 +6,16 @@
 
 - the held-out set (`heldout_v1.yaml`) and `HeldoutGuard`, which keeps it out of every
   training input, live in `cai.pipeline.heldout` (the pipeline needs them; re-exported here).
-- `evaluate`: answers, rule checks, judge, summary (`EvalSummary`) per stage.
+- `evaluate`: a stage's held-out run, resumed record by record, and its summary (`EvalSummary`).
+- `answers`: one instruction answered, its rule checks and its judge verdict, kept apart.
+- `settings`: `EvalSettings` (the `evaluation:` of a run config) and `EvaluationError`.
 - `pair_accuracy`: the DPO implicit reward on held-out pairs, scored through vLLM.
 - `judge_check` and `judge_cases`: the judge itself measured on hand-checkable cases
   (`judge_cases_v1.yaml` and corrupted copies), so judge figures come with their reliability.
 - `records`: the `eval.jsonl` record and the summary models; `stats`: Wilson, McNemar, lengths.
 """
 
-from cai.evaluation.evaluate import EvalSettings, EvaluationError, evaluate_stage
+from cai.evaluation.evaluate import evaluate_stage
 from cai.evaluation.judge_check import check_judge
 from cai.evaluation.pair_accuracy import PairAccuracy, VllmTokenizer, pair_accuracy
 from cai.evaluation.records import (
@@ -23,6 +25,7 @@ from cai.evaluation.records import (
     read_eval_records,
     summarize_stage,
 )
+from cai.evaluation.settings import EvalSettings, EvaluationError
 from cai.pipeline.heldout import HeldoutGuard, HeldoutSet, load_heldout
 
 __all__ = [

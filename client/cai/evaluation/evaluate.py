@@ -7,11 +7,9 @@
                                       base_model="tiny", pipeline=config,
                                       test_pairs=run_dir / "stages/1/test.jsonl")
 
-For every held-out instruction the model answers with the pipeline's own response prompt
-(the `responses` template, the same few-shot examples for every stage, chosen by a seed
-derived from the instruction id; the template's stop strings; greedy decoding), then the
-answer gets the pipeline's rule checks plus a reference-fact check where the held-out item
-names one (`mentions_reference`), and the model judge. The two verdicts are kept apart.
+Each held-out instruction is answered and scored by `cai.evaluation.answers` (the
+pipeline's response prompt, its rule checks plus a reference-fact check, and the model
+judge; the two verdicts kept apart). This module runs them for a stage and sums them up.
 
 The judge is fixed across stages: the configured judge model (`judge.model`) or else the
 base, never the adapter under evaluation, so judge rates of different stages compare.
@@ -28,11 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from cai.evaluation.answers import AnswerEvaluator
 from cai.evaluation.pair_accuracy import (
     PairAccuracy,
     Tokenizer,
@@ -47,197 +43,15 @@ from cai.evaluation.records import (
     eval_record_id,
     summarize_stage,
 )
-from cai.generator import GeneratorClient, GeneratorError
-from cai.pipeline import judgements, responses, rules
+from cai.evaluation.settings import EvalSettings, EvaluationError
+from cai.generator import GeneratorClient
 from cai.pipeline.config import PipelineConfig
 from cai.pipeline.heldout import HeldoutInstruction, HeldoutSet, load_heldout
-from cai.pipeline.prompts import Template, load_template
-from cai.pipeline.records import JudgeQuery, derive_seed
-from cai.pipeline.seeds import SeedPool, load_seed_pool
 from cai.pipeline.store import StepFile
 from cai.runfolder import EVAL_FILE, EVAL_SUMMARY_FILE, PAIR_SCORES_FILE, stage_folder, write_atomic
 from protocol.datasets import PreferencePair
 
 logger = logging.getLogger(__name__)
-
-REFERENCE_RULE = "mentions_reference"
-
-
-class EvaluationError(RuntimeError):
-    """The evaluation cannot run as asked; the message says what to change."""
-
-
-class EvalSettings(BaseModel):
-    """Knobs of the held-out evaluation (the `evaluation:` section of a `cai run` config)."""
-
-    # A misspelt knob is refused, not ignored; `.inf` / `.nan` mean nothing for any of them.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    heldout: str | None = Field(
-        default=None, description="Held-out set file; None: the packaged heldout_v1.yaml."
-    )
-    max_tokens: int = Field(default=256, ge=1, description="Longest answer, in tokens.")
-    temperature: float = Field(
-        default=0.0, ge=0.0, description="0: greedy, so stages differ only by their weights."
-    )
-    seed: int = Field(
-        default=0, ge=0, description="Picks the few-shot examples and sampling seeds."
-    )
-    few_shot: int | None = Field(
-        default=None,
-        ge=0,
-        description="Examples before each instruction; None: the pipeline's responses.few_shot.",
-    )
-    concurrency: int = Field(default=16, ge=1, description="Instructions in flight.")
-    beta: float = Field(default=0.1, gt=0.0, description="DPO beta of the implicit reward.")
-    eos_token: str | None = Field(
-        default="auto",
-        description="Appended to chosen/rejected when scoring pairs, as TRL does in training. "
-        "`auto`: read it from the served base model's folder (tokenizer_config.json) when "
-        "visible from the client; a string: that text (e.g. '<|endoftext|>'); None: none.",
-    )
-    judge: bool = Field(default=True, description="Run the model judge (rules always run).")
-
-
-def mentions_reference(response: str, reference: list[str]) -> bool:
-    """Any reference fact appears in the response as whole words, ignoring case."""
-    text = response.casefold()
-    for fact in reference:
-        pattern = re.escape(fact.casefold())
-        if re.search(rf"(?<!\w){pattern}(?!\w)", text):
-            return True
-    return False
-
-
-async def _ask_judge(
-    judge: GeneratorClient,
-    query: judgements.JudgePrompt,
-    *,
-    model: str,
-    labels: tuple[str, str],
-    top_logprobs: int,
-    seed: int,
-) -> JudgeQuery:
-    """One A/B question, read exactly as the pipeline's judge reads it (`method: auto`)."""
-    try:
-        return await judgements.ask(
-            judge.complete,
-            query,
-            model=model,
-            labels=labels,
-            method="auto",
-            top_logprobs=top_logprobs,
-            seed=seed,
-        )
-    except judgements.JudgeAnswerError as exc:
-        raise EvaluationError(str(exc)) from exc
-
-
-class _Evaluator:
-    def __init__(
-        self,
-        gen: GeneratorClient,
-        judge: GeneratorClient,
-        *,
-        stage: int,
-        model: str,
-        judge_model: str,
-        pipeline: PipelineConfig,
-        heldout: HeldoutSet,
-        settings: EvalSettings,
-    ) -> None:
-        self.gen = gen
-        self.judge = judge
-        self.stage = stage
-        self.model = model
-        self.judge_model = judge_model
-        self.pipeline = pipeline
-        self.heldout = heldout
-        self.settings = settings
-        templates_dir = Path(pipeline.templates_dir) if pipeline.templates_dir else None
-        self.template: Template = load_template("responses", templates_dir)
-        self.judge_template: Template = load_template("judge", templates_dir)
-        self.labels = judgements.labels(self.judge_template)
-        self.pool: SeedPool = load_seed_pool(
-            Path(pipeline.seed_pool) if pipeline.seed_pool else None
-        )
-        self.few_shot = (
-            settings.few_shot if settings.few_shot is not None else pipeline.responses.few_shot
-        )
-        self.stop = list(pipeline.responses.sampling.stop or self.template.stop)
-
-    async def evaluate(self, item: HeldoutInstruction) -> EvalRecord:
-        seed = derive_seed(self.settings.seed, item.id, "eval")
-        # The same examples for every stage: the prompt differs only by the model answering.
-        prompt, _ = responses.build_prompt(
-            self.template, self.pool, item.type, item.instruction, few_shot=self.few_shot, seed=seed
-        )
-        record = EvalRecord(
-            id=eval_record_id(self.stage, item.id),
-            instruction_id=item.id,
-            heldout_version=self.heldout.version,
-            type=item.type,
-            instruction=item.instruction,
-            stage=self.stage,
-            model=self.model,
-            template=self.template.tag,
-            temperature=self.settings.temperature,
-            max_tokens=self.settings.max_tokens,
-            seed=seed,
-            stop=self.stop,
-        )
-        try:
-            result = await self.gen.complete(
-                [prompt],
-                model=self.model,
-                max_tokens=self.settings.max_tokens,
-                temperature=self.settings.temperature,
-                stop=self.stop,
-                seed=seed,
-            )
-        except GeneratorError as exc:
-            record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
-            return record
-        choice = result.choices[0][0]
-        record.response = responses.parse(choice.text, self.stop)
-        record.finish_reason = choice.finish_reason
-        record.response_tokens = result.usage.completion_tokens
-        checks = rules.check(
-            item.type, item.instruction, record.response, choice.finish_reason, self.pipeline.rules
-        )
-        if item.reference:
-            checks[REFERENCE_RULE] = mentions_reference(record.response, item.reference)
-        record.rules = checks
-        record.rule_ok = rules.rules_ok(checks)
-        if self.settings.judge:
-            try:
-                queries = await asyncio.gather(
-                    *(
-                        _ask_judge(
-                            self.judge,
-                            query,
-                            model=self.judge_model,
-                            labels=self.labels,
-                            top_logprobs=self.pipeline.judge.top_logprobs,
-                            seed=derive_seed(self.settings.seed, item.id, "eval-judge", i),
-                        )
-                        for i, query in enumerate(
-                            judgements.build_queries(
-                                self.judge_template,
-                                item.instruction,
-                                record.response,
-                                swap=self.pipeline.judge.swap,
-                            )
-                        )
-                    )
-                )
-            except (GeneratorError, EvaluationError) as exc:
-                record.status, record.reason = "failed", f"judge: {type(exc).__name__}: {exc}"
-                return record
-            margin = judgements.margin(list(queries))
-            record.judge_margin = round(margin, 6)
-            record.judge_ok = margin > self.pipeline.judge.threshold
-        return record
 
 
 def _stage_dir(run_dir: Path, stage: int) -> Path:
@@ -327,7 +141,7 @@ async def evaluate_stage(
         if not todo and stage == 0 and summary_path.exists():
             logger.info("baseline already evaluated: %s", summary_path)
             return EvalSummary.model_validate_json(summary_path.read_text(encoding="utf-8"))
-        evaluator = _Evaluator(
+        evaluator = AnswerEvaluator(
             gen,
             judge or gen,
             stage=stage,
@@ -415,10 +229,6 @@ async def _pair_accuracy(
     return accuracy
 
 
-__all__ = [
-    "REFERENCE_RULE",
-    "EvalSettings",
-    "EvaluationError",
-    "evaluate_stage",
-    "mentions_reference",
-]
+# EvalSettings and EvaluationError live in cai.evaluation.settings; `cai run` imports the
+# error from here, where evaluate_stage raises it.
+__all__ = ["EvalSettings", "EvaluationError", "evaluate_stage"]

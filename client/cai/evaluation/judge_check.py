@@ -35,7 +35,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cai.evaluation.evaluate import EvaluationError
 from cai.evaluation.judge_cases import CORRUPTIONS, AnswerKind, JudgeCase, corrupt, load_judge_cases
 from cai.evaluation.records import (
     Agreement,
@@ -44,6 +43,7 @@ from cai.evaluation.records import (
     JudgedAnswer,
     PositionBias,
 )
+from cai.evaluation.settings import EvaluationError
 from cai.evaluation.stats import Interval, wilson_interval
 from cai.pipeline import judgements
 from cai.pipeline.config import PipelineConfig

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cai.evaluation.evaluate import EvalSettings
+from cai.evaluation.settings import EvalSettings
 from cai.pipeline.config import (
     EndpointConfig,
     PipelineConfig,

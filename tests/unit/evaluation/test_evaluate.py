@@ -7,13 +7,10 @@ import json
 import httpx
 import pytest
 
-from cai.evaluation.evaluate import (
-    EvalSettings,
-    EvaluationError,
-    evaluate_stage,
-    mentions_reference,
-)
+from cai.evaluation.answers import mentions_reference
+from cai.evaluation.evaluate import evaluate_stage
 from cai.evaluation.records import read_eval_records
+from cai.evaluation.settings import EvalSettings, EvaluationError
 from cai.generator import GeneratorClient
 from cai.pipeline.config import PipelineConfig
 from cai.pipeline.heldout import load_heldout
