@@ -9,8 +9,8 @@ from cai.stages.config import (
     load_run_config,
     with_base_model,
 )
-from cai.stages.runner import _last_seq
 from cai.stages.state import RunState, load_state, save_state
+from cai.stages.training import _last_seq
 
 ROOT = Path(__file__).resolve().parents[3]
 

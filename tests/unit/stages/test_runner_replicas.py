@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from cai.stages import runner as stages_runner
+from cai.stages import serving
 from cai.stages.config import RunConfig
-from cai.stages.runner import StageRunner
+from cai.stages.reporter import SilentReporter
+from cai.stages.runner import RunError, StageRunner
 from protocol.jobs import JobState
 
 
@@ -80,7 +81,7 @@ def _runner(
         config,
         gens[0],
         trainer or FakeTrainer(),
-        stages_runner.SilentReporter(),
+        SilentReporter(),
         gens[1:],
     )
 
@@ -102,7 +103,7 @@ def test_replicas_do_not_change_the_run_fingerprint(tmp_path: Path) -> None:
 async def test_an_adapter_is_published_to_every_server_that_lacks_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    name = stages_runner.adapter_version_name(1, "job-1")
+    name = serving.adapter_version_name(1, "job-1")
     gens = [
         FakeGenerator("http://gen-1:8000", served=[name]),  # loaded before a kill: kept
         FakeGenerator("http://gen-2:8000"),
@@ -116,7 +117,7 @@ async def test_an_adapter_is_published_to_every_server_that_lacks_it(
         probe = SimpleNamespace(max_abs_logprob_diff=0.5)
         return SimpleNamespace(rank=8, probe=probe, seconds=0.1)
 
-    monkeypatch.setattr(stages_runner, "publish", fake_publish)
+    monkeypatch.setattr(serving, "publish", fake_publish)
     runner = _runner(tmp_path, gens)
     stage = runner.state.stage(1)
     stage.adapter, stage.job_id = "replicated-s1-abc", "job-1"
@@ -158,7 +159,7 @@ def _config_cai_run_sees(
 
     async def fake_run_stages(config: RunConfig, reporter: Any = None) -> Any:
         seen.append(config)
-        raise stages_runner.RunError("stop here")
+        raise RunError("stop here")
 
     monkeypatch.setattr(run_command, "run_stages", fake_run_stages)
     config = tmp_path / "run.yaml"
