@@ -15,8 +15,14 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
+from cai.pipeline.config import PipelineConfig
 from cai.pipeline.dedupe import NearDuplicateGroups, completed
+from cai.pipeline.records import derive_seed
+from cai.pipeline.store import RunStore
+from cai.runfolder import write_jsonl_atomic
+from protocol.datasets import PreferencePair
 
 
 def split_groups(
@@ -63,3 +69,43 @@ def split_groups(
         pid: ("test" if group in to_test else "train") for group in order for pid in members[group]
     }
     return assignment, groups
+
+
+def write_split(
+    store: RunStore, config: PipelineConfig, grouper: NearDuplicateGroups | None = None
+) -> dict[str, int]:
+    """Write `train.jsonl` and `test.jsonl` from the run's ok pairs; return their row counts."""
+    made = {pid: p for pid, p in store.files["pairs"].records.items() if p.status == "ok"}
+    texts = {r.id: r.text for r in store.files["instructions"].records.values()}
+    assignment, groups = split_groups(
+        {pid: p.instruction_id for pid, p in made.items()},
+        texts,
+        train_ratio=config.split.train_ratio,
+        seed=derive_seed(config.seed, "split"),
+        group_threshold=config.split.group_threshold,
+        grouper=grouper,
+    )
+    rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+    for pid in sorted(made):
+        pair = made[pid]
+        row = PreferencePair.model_validate(
+            {
+                "prompt": pair.prompt,
+                "chosen": pair.chosen,
+                "rejected": pair.rejected,
+                "id": pid,
+                "instruction_id": pair.instruction_id,
+                "type": pair.type,
+                "rule": pair.rule,
+                "chosen_id": pair.chosen_id,
+                "rejected_id": pair.rejected_id,
+                "chosen_margin": pair.chosen_margin,
+                "rejected_margin": pair.rejected_margin,
+                "group": groups[pair.instruction_id],
+                "model": config.model,
+            }
+        )
+        rows[assignment[pid]].append(row.model_dump(mode="json"))
+    for name, split_rows in rows.items():
+        write_jsonl_atomic(store.path(name), split_rows)
+    return {name: len(split_rows) for name, split_rows in rows.items()}

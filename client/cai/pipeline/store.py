@@ -149,11 +149,19 @@ class StepFile(Generic[R]):
 class RunStore:
     """Every step file of one run folder."""
 
-    def __init__(self, run_dir: Path, config: StoreConfig) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: StoreConfig,
+        record_types: dict[str, type[Record]] | None = None,
+    ) -> None:
+        """`record_types`: step -> its record type, in step order (default: every step of
+        the default pipeline, `records.RECORD_TYPES`)."""
         self.run_dir = run_dir
         self.config = config
         self.files: dict[str, StepFile[Any]] = {
-            step: StepFile(step_path(run_dir, step), RECORD_TYPES[step], config) for step in STEPS
+            step: StepFile(step_path(run_dir, step), record_type, config)
+            for step, record_type in (record_types or RECORD_TYPES).items()
         }
 
     def open(self) -> None:

@@ -57,13 +57,14 @@ def summarise(
     manifest: Manifest,
     split_counts: dict[str, int],
     tallies: dict[str, DiversityTally] | None = None,
+    steps: tuple[str, ...] = STEPS,
 ) -> RunSummary:
     """`tallies`: diversity of the ok instructions and responses, tallied by the runner as it
-    wrote them (records of earlier sessions are added here)."""
+    wrote them (records of earlier sessions are added here). `steps`: the run's step files."""
     counts: dict[str, Any] = {}
     failures: dict[str, dict[str, int]] = {}
     skips: Counter[str] = Counter()
-    for step in STEPS:
+    for step in steps:
         records = store.files[step].records.values()
         counts[step] = dict(Counter(r.status for r in records))
         failed = Counter(_short(r.reason) for r in records if r.status == "failed")
@@ -79,8 +80,8 @@ def summarise(
         got = sum(1 for r in instructions if r.type == kind)
         if got < wanted:
             shortfall[kind] = wanted - got
-    ok = {step: counts[step].get("ok", 0) for step in STEPS}
-    funnel = [(step, ok[step]) for step in STEPS]
+    ok = {step: counts[step].get("ok", 0) for step in steps}
+    funnel = [(step, ok[step]) for step in steps]
     funnel += [("train", split_counts.get("train", 0)), ("test", split_counts.get("test", 0))]
     responses = [r for r in store.files["responses"].records.values() if r.status == "ok"]
     return RunSummary(
