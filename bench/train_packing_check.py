@@ -6,9 +6,11 @@ bf16 and fp32, forward and LoRA gradients (the CPU tests check the dense-mask pa
 A small Qwen2 (random weights, 28 query heads over 4 KV heads as at 7B, 2 layers) with a
 LoRA whose B is random, so the adapter matters. For pairs of varied lengths it computes the
 summed completion log-probs (a) one pair at a time in TRL's padded [prompt, answer] rows
-with sdpa and (b) all pairs in one packed row with flex attention, and the gradient of the
-sum of all log-probs with respect to the LoRA weights both ways. Prints the largest
-differences (relative, for gradients) and writes them to `packing_check.json`.
+with sdpa and (b) all pairs in one packed row with flex attention, the job's own attention
+function (`packing.packed_flex_attention`, shared KV heads) and transformers' `flex_attention`
+each, and the gradient of the sum of all log-probs with respect to the LoRA weights. Prints
+the largest differences from (a) (relative, for gradients) per packed attention and dtype
+and writes them to `packing_check.json`.
 Needs a CUDA device.
 """
 
@@ -21,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.train_throughput import NO_ACCELERATOR
+from services.trainer.jobs.packing_plan import PACKED_FLEX_ATTENTION
+
+PACKED_ATTENTIONS = (PACKED_FLEX_ATTENTION, "flex_attention")
 
 
 def _model(dtype: Any, attn: str) -> Any:
@@ -29,6 +34,9 @@ def _model(dtype: Any, attn: str) -> Any:
     from transformers import AutoModelForCausalLM, Qwen2Config
     from trl.trainer.utils import add_fused_lm_head
 
+    from services.trainer.jobs.packing import register_packed_flex_attention
+
+    register_packed_flex_attention()
     config = Qwen2Config(
         hidden_size=896,
         intermediate_size=2048,
@@ -65,41 +73,44 @@ def _unpacked(model: Any, pairs: list[Any]) -> Any:
     return torch.stack(sums)
 
 
-def _packed(model: Any, pairs: list[Any], dtype: Any) -> Any:
+def _packed(model: Any, pairs: list[Any], dtype: Any, attn: str) -> Any:
     import torch
 
     from services.trainer.jobs.packing import FLEX_BLOCK, attention_mask, pack, packed_logps
 
     batch = {k: v.cuda() for k, v in pack(pairs, 0, FLEX_BLOCK).items()}
-    logps = packed_logps(model, batch, attention_mask(batch, "flex_attention", dtype))
+    logps = packed_logps(model, batch, attention_mask(batch, attn, dtype))
     return torch.stack([logps.chosen, logps.rejected], dim=1).reshape(-1)
 
 
-def check(dtype_name: str, pairs: list[Any]) -> dict[str, float]:
+def _sums_and_grads(dtype: Any, attn: str, pairs: list[Any]) -> tuple[Any, dict[str, Any]]:
+    model = _model(dtype, attn)
+    model.zero_grad()
+    total = _unpacked(model, pairs) if attn == "sdpa" else _packed(model, pairs, dtype, attn)
+    total.sum().backward()
+    grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return total.detach(), grads
+
+
+def check(dtype_name: str, pairs: list[Any]) -> dict[str, dict[str, float]]:
     import torch
 
     dtype = getattr(torch, dtype_name)
-    results: dict[str, float] = {}
-    grads = {}
-    sums = {}
-    for attn in ("sdpa", "flex_attention"):
-        model = _model(dtype, attn)
-        model.zero_grad()
-        total = _unpacked(model, pairs) if attn == "sdpa" else _packed(model, pairs, dtype)
-        total.sum().backward()
-        sums[attn] = total.detach()
-        grads[attn] = {
-            n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None
+    sums, grads = _sums_and_grads(dtype, "sdpa", pairs)
+    results: dict[str, dict[str, float]] = {}
+    for attn in PACKED_ATTENTIONS:
+        packed_sums, packed_grads = _sums_and_grads(dtype, attn, pairs)
+        diff = (sums - packed_sums).abs()
+        worst = 0.0
+        for name, grad in grads.items():
+            other = packed_grads[name]
+            worst = max(worst, float((grad - other).norm() / grad.norm().clamp_min(1e-30)))
+        results[attn] = {
+            "logp_max_abs_diff": float(diff.max()),
+            "logp_max_rel_diff": float((diff / sums.abs()).max()),
+            "lora_grad_max_rel_diff": worst,
+            "pairs": float(len(pairs)),
         }
-    diff = (sums["sdpa"] - sums["flex_attention"]).abs()
-    results["logp_max_abs_diff"] = float(diff.max())
-    results["logp_max_rel_diff"] = float((diff / sums["sdpa"].abs()).max())
-    worst = 0.0
-    for name, grad in grads["sdpa"].items():
-        other = grads["flex_attention"][name]
-        worst = max(worst, float((grad - other).norm() / grad.norm().clamp_min(1e-30)))
-    results["lora_grad_max_rel_diff"] = worst
-    results["pairs"] = float(len(pairs))
     return results
 
 

@@ -91,9 +91,10 @@ def summarise(
     project = runs.get("project", {}).get("tokens_per_second")
     if plain and project:
         summary["speedup"] = project / plain
-    fixed = runs.get("project-fixed", {}).get("tokens_per_second")
-    if plain and fixed:
-        summary["speedup_fixed"] = fixed / plain
+    for kind, key in (("project-warm", "speedup_warm"), ("project-fixed", "speedup_fixed")):
+        other = runs.get(kind, {}).get("tokens_per_second")
+        if plain and other:
+            summary[key] = other / plain
     return summary
 
 
@@ -143,9 +144,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         if "speedup" in shape:
             lines.append("")
             lines.append(f"Speed-up project / plain: **{shape['speedup']:.2f}×**")
-        if "speedup_fixed" in shape:
-            lines.append("")
-            lines.append(f"Speed-up project-fixed / plain: **{shape['speedup_fixed']:.2f}×**")
+        for kind in ("warm", "fixed"):
+            if f"speedup_{kind}" in shape:
+                lines.append("")
+                ratio = shape[f"speedup_{kind}"]
+                lines.append(f"Speed-up project-{kind} / plain: **{ratio:.2f}×**")
         lines.append("")
         lines.append("Loss (mean ± s.e.m.) by tenth of the epoch:")
         lines.append("")

@@ -12,6 +12,9 @@ same random weights, each in its own child process (a clean card for each):
 - `project`: the trainer's DPO job, `services.trainer.jobs.dpo.run_dpo`, with a `JobContext`,
   exactly as the runner calls it. Only the weight loading is replaced (random weights created
   on the card: no checkpoint can be downloaded, and a 32B one would not fit the disk).
+- `project-warm` (asked for with `project`): the job again, after it, reusing the compile
+  caches the `project` run filled, as every job after a trainer's first does. Every other
+  run starts from empty caches.
 
 Each run is timed from the trainer's construction (TRL's reference pre-pass happens there) to
 the end of `train()`: the whole epoch. Figures: tokens/s (non-pad tokens of the chosen and
@@ -26,6 +29,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,6 +50,7 @@ from bench.train_data import (
     write_pairs,
 )
 from bench.train_report import render_markdown, summarise
+from services.trainer.compile_cache import compile_cache_env
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ DEFAULT_PAIRS = {"7b": 900, "32b": 100, "tiny": 24}
 # bf16 matmul on its H100s (KINDS.md), so 80% is about the ceiling of real work.
 PEAK_FLOPS = {"cuda": 989.4e12}
 PLAIN_BATCH = 4
-RUNS = ("plain", "project", "project-fixed")
+RUNS = ("plain", "project", "project-warm", "project-fixed")
 DEFAULT_RUNS = "plain,project"
 NO_ACCELERATOR = "no accelerator: not measured"
 
@@ -254,20 +259,21 @@ def apply_proposed_fixes(dpo: Any) -> None:
     dpo._make_trainer_class = make
 
 
-def use_dense_mask(dpo: Any) -> None:
-    """Packed rows with sdpa and a dense mask on CUDA too, instead of flex attention's block
-    mask (diagnostic runs only: attention then spans the whole micro-batch)."""
+def use_attention(dpo: Any, attn: str) -> None:
+    """Packed rows with another attention than the job chooses (diagnostic runs only):
+    `sdpa` (a dense mask on CUDA too: attention then spans the whole micro-batch) or
+    transformers' `flex_attention` (the job's path before its own packed_flex_attention)."""
     from dataclasses import replace
 
     choose = dpo.choose_packing
 
-    def dense(*args: Any, **kwargs: Any) -> Any:
+    def chosen(*args: Any, **kwargs: Any) -> Any:
         choice = choose(*args, **kwargs)
         if not choice.enabled:
             return choice
-        return replace(choice, attn_implementation="sdpa", reason=choice.reason + " [dense]")
+        return replace(choice, attn_implementation=attn, reason=f"{choice.reason} [{attn}]")
 
-    dpo.choose_packing = dense
+    dpo.choose_packing = chosen
 
 
 def _run_project(
@@ -281,8 +287,9 @@ def _run_project(
         apply_proposed_fixes(dpo)
     overrides_file = work / "job-overrides.json"
     overrides = json.loads(overrides_file.read_text()) if overrides_file.exists() else {}
-    if overrides.pop("dense_mask", False):
-        use_dense_mask(dpo)
+    attention = overrides.pop("attention", None)
+    if attention is not None:
+        use_attention(dpo, attention)
 
     def load_random(path: str, dtype: str, device_: str, load_in_4bit: bool) -> Any:
         return random_model(path, dtype, device_, seed)
@@ -415,6 +422,14 @@ def _prepare(shape: Shape, pairs: list[Pair], work: Path) -> None:
     write_pairs(pairs, shape.vocab_size, work / "pairs.jsonl")
 
 
+def _cache_env(kind: str, work: Path) -> dict[str, str]:
+    """Each run compiles into empty caches of its own (a first job on a fresh trainer),
+    except `project-warm`, which reuses those the `project` run filled (every later job: the
+    trainer keeps its jobs' compile caches in its data volume, compile_cache.py)."""
+    owner = "project" if kind == "project-warm" else kind
+    return compile_cache_env(work / "compile-cache" / owner)
+
+
 def _spawn(kind: str, shape: str, work: Path, device: str, seed: int) -> dict[str, Any]:
     result_path = work / f"result-{kind}.json"
     command = [
@@ -434,7 +449,8 @@ def _spawn(kind: str, shape: str, work: Path, device: str, seed: int) -> dict[st
         str(seed),
     ]
     logger.info("starting the %s run at the %s shape", kind, shape)
-    code = subprocess.run(command, check=False).returncode
+    env = {**os.environ, **_cache_env(kind, work)}
+    code = subprocess.run(command, check=False, env=env).returncode
     if not result_path.exists():
         return {"run": kind, "error": f"the run's process exited {code} without a result"}
     data: dict[str, Any] = json.loads(result_path.read_text())
@@ -447,7 +463,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--runs",
         default=DEFAULT_RUNS,
-        help="comma-separated: plain, project, project-fixed (the job with the changes "
+        help="comma-separated: plain, project, project-warm (the job again, with the "
+        "compile caches the project run filled), project-fixed (the job with the changes "
         "proposed in docs/benchmarks.md applied by patching, to measure them)",
     )
     parser.add_argument("--pairs", type=int, default=None, help="override the pair count")
@@ -480,9 +497,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="... reference pre-pass (off: a reference forward in every step)",
     )
     parser.add_argument(
-        "--job-dense-mask",
-        action="store_true",
-        help="diagnostic: packed rows with sdpa and a dense mask on CUDA (not flex)",
+        "--job-attention",
+        choices=("sdpa", "flex_attention"),
+        default=None,
+        help="diagnostic: packed rows with sdpa and a dense mask, or transformers' flex path",
     )
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=RUNS, default=None, help=argparse.SUPPRESS)
@@ -504,6 +522,9 @@ def main(argv: list[str]) -> int:
     device = "cuda" if on_gpu else "cpu"
     shapes = args.shape or (["tiny"] if args.smoke else ["7b", "32b"])
     runs = [r for r in RUNS if r in args.runs.split(",")]
+    if "project-warm" in runs and "project" not in runs:
+        print("--runs: project-warm reuses the project run's caches; ask for both")
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = args.work or Path(tempfile.mkdtemp(prefix="cai-bench-"))
     report: dict[str, Any] = {"device": device, "shapes": {}}
@@ -526,8 +547,8 @@ def main(argv: list[str]) -> int:
             overrides["packing"] = args.job_packing == "on"
         if args.job_precompute is not None:
             overrides["precompute_ref_log_probs"] = args.job_precompute == "on"
-        if args.job_dense_mask:
-            overrides["dense_mask"] = True
+        if args.job_attention is not None:
+            overrides["attention"] = args.job_attention
         (work / "job-overrides.json").write_text(json.dumps(overrides))
         results = {run: _spawn(run, name, work, device, args.seed) for run in runs}
         report["shapes"][name] = summarise(

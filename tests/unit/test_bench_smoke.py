@@ -78,10 +78,12 @@ def test_without_an_accelerator_it_says_so_and_prints_no_figure(
 @pytest.mark.slow
 def test_smoke_run_measures_both_trainers_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    work = tmp_path / "work"
+    runs = "plain,project,project-warm"
+    assert main(["--smoke", "--runs", runs, "--out", str(out), "--work", str(work)]) == 0
     report = json.loads((out / "train_throughput.json").read_text())
     shape = report["shapes"]["tiny"]
-    for name in ("plain", "project"):
+    for name in ("plain", "project", "project-warm"):
         run = shape["runs"][name]
         assert "error" not in run, run.get("error")
         assert run["tokens_per_second"] > 0
@@ -89,4 +91,8 @@ def test_smoke_run_measures_both_trainers_on_cpu(tmp_path: Path) -> None:
         assert run["padding"]["train"]["tokens"] == shape["tokens"]
     assert shape["runs"]["plain"]["config"]["gradient_checkpointing"] is True
     assert shape["speedup"] > 0
+    assert shape["speedup_warm"] > 0
     assert "Speed-up project / plain" in (out / "train_throughput.md").read_text()
+    # Every run compiled into caches of its own; the warm one into the project run's.
+    caches = sorted(p.name for p in (work / "tiny" / "compile-cache").iterdir())
+    assert caches == ["plain", "project"]

@@ -131,3 +131,8 @@ class TrainerSettings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "trainer.db"
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        """Compiled kernels, shared by the jobs (services/trainer/compile_cache.py)."""
+        return self.data_dir / "compile-cache"

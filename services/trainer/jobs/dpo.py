@@ -274,6 +274,9 @@ def _load_model(spec: DpoJobSpec, ctx: JobContext, job: _Inputs, choices: SpeedC
     model = _load_base_model(ctx.base_model_path, job.dtype, load_device, spec.load_in_4bit)
     if choices.attn_implementation != ATTN_IMPLEMENTATION:
         # Packed rows on CUDA: flex attention skips the tiles of the block mask no query sees.
+        from services.trainer.jobs.packing import register_packed_flex_attention
+
+        register_packed_flex_attention()
         model.set_attn_implementation(choices.attn_implementation)
     if job.parent is not None:
         from peft import PeftModel
@@ -325,6 +328,7 @@ def _build_trainer(
     trainer.remove_callback(PrinterCallback)
     if choices.packed and args.precompute_ref_log_probs:
         trainer.precompute_reference()
+        ctx.log.info("%s", trainer.prepass_timing.describe())
     return trainer, switched
 
 

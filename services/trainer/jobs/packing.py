@@ -17,17 +17,22 @@ TRL's [P, C] / [P, R] rows, at the same positions, and gets the same per-token l
 
 The mask is a dense boolean matrix on CPU (sdpa; eager gets it as additive floats) and a
 flex-attention `BlockMask` on CUDA, which skips the 128x128 tiles no query of the tile may
-see, so attention costs what each pair's own attention costs. The LM head runs only where
-a label exists (TRL's fused head with pre-shifted labels), in chunks.
+see, so attention costs what each pair's own attention costs. On CUDA the model runs this
+module's `packed_flex_attention` rather than transformers' flex path (why: its docstring).
+The LM head runs only where a label exists (TRL's fused head with pre-shifted labels), in
+chunks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from services.trainer.jobs.packing_plan import PACKED_FLEX_ATTENTION
 
 SHARED, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
 IGNORE = -100
@@ -145,15 +150,77 @@ def block_mask(pair: torch.Tensor, segment: torch.Tensor) -> Any:
     )
 
 
+def takes_block_mask(attn_implementation: str | None) -> bool:
+    """Flex attention, ours or transformers' (a row then pads to a multiple of FLEX_BLOCK)."""
+    return attn_implementation in (PACKED_FLEX_ATTENTION, "flex_attention")
+
+
 def attention_mask(batch: dict[str, Any], attn_implementation: str, dtype: torch.dtype) -> Any:
     """The packed row's mask in the form `attn_implementation` takes a custom 4-D mask."""
-    if attn_implementation == "flex_attention":
+    if takes_block_mask(attn_implementation):
         return block_mask(batch["pair"], batch["segment"])
     dense = dense_mask(batch["pair"], batch["segment"])[None, None]
     if attn_implementation == "eager":
         zero = torch.zeros((), dtype=dtype, device=dense.device)
         return torch.where(dense, zero, torch.finfo(dtype).min)
     return dense
+
+
+@functools.cache
+def _compiled_flex_attention() -> Callable[..., torch.Tensor]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # dynamic=True: every packed row has its own length. The default (dynamic=None) compiles
+    # for the first length, then again with dynamic shapes at the second; this compiles once
+    # per grad mode (the reference's no-grad forward and the policy's forward + backward).
+    return torch.compile(flex_attention, dynamic=True)
+
+
+def packed_flex_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """A transformers attention function (registered as PACKED_FLEX_ATTENTION): flex
+    attention over a packed row's `BlockMask`. Against transformers' `flex_attention` path:
+    - compiled once with dynamic shapes (`_compiled_flex_attention`);
+    - the KV heads are read shared (`enable_gqa`); transformers repeats them to the query
+      heads' count when that is not a power of two (28 in Qwen2.5-7B, 40 in 32B): 7x or 5x
+      the K and V read and written per layer;
+    - no score_mod and no log-sum-exp, which the packed step never uses.
+    Compiled on CUDA only: on CPU it runs flex attention's eager reference (the tests)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    if not isinstance(attention_mask, BlockMask):
+        raise TypeError(f"{PACKED_FLEX_ATTENTION} takes a packed row's BlockMask (packing.pack)")
+    if dropout > 0.0:
+        raise ValueError(f"{PACKED_FLEX_ATTENTION} has no attention dropout (got {dropout})")
+    if query.device.type == "cuda":
+        attend = _compiled_flex_attention()
+    else:
+        from torch.nn.attention.flex_attention import flex_attention as attend
+    out = attend(
+        query,
+        key,
+        value,
+        block_mask=attention_mask,
+        scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+    # transformers' attention functions return (batch, positions, heads, head_dim).
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_packed_flex_attention() -> None:
+    """Make PACKED_FLEX_ATTENTION a name `set_attn_implementation` accepts (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_FLEX_ATTENTION, packed_flex_attention)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ from services.trainer.jobs.training_device import MAX_AUTO_MICRO_BATCH, MemoryPl
 PACKABLE_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 # The losses the packed step computes exactly as TRL 1.16 does (dpo_trainer._compute_loss).
 PACKED_LOSS_TYPES = frozenset({"sigmoid", "sft"})
+# The attention function packed rows use on CUDA (packing.packed_flex_attention, registered
+# with transformers under this name): flex attention over the row's block mask.
+PACKED_FLEX_ATTENTION = "cai_packed_flex"
 
 
 class PackingUnsupportedError(ValueError):
@@ -30,7 +33,8 @@ class PackingChoice:
     enabled: bool
     reason: str
     attn_implementation: str | None = None
-    """`flex_attention` (CUDA: a block mask that skips empty tiles) or `sdpa` (a dense mask)."""
+    """PACKED_FLEX_ATTENTION (CUDA: a block mask that skips empty tiles) or `sdpa` (a dense
+    mask)."""
     token_budget: int | None = None
     """Packed positions a micro-batch may hold (from the memory plan); None: no token limit."""
     max_pairs: int | None = None
@@ -88,7 +92,7 @@ def choose_packing(
                 + ". Leave dpo.packing unset to fall back to padded batches"
             )
         return PackingChoice(False, "off: " + "; ".join(blockers))
-    attention = "flex_attention" if device == "cuda" else "sdpa"
+    attention = PACKED_FLEX_ATTENTION if device == "cuda" else "sdpa"
     kind = "block" if device == "cuda" else "dense"
     how = "as requested" if requested else "auto"
     return PackingChoice(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -35,8 +36,41 @@ from services.trainer.jobs.packing import (
     attention_mask,
     pack,
     packed_logps,
+    takes_block_mask,
 )
 from services.trainer.jobs.packing_plan import PackingChoice
+
+
+class PrepassTiming:
+    """Seconds of the reference pre-pass, its first micro-batch apart: that one compiles the
+    kernels (flex attention, Liger's), the others show the steady rate."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.last = self.started
+        self.first_seconds = 0.0
+        self.batches = 0
+        self.positions = 0
+
+    def add(self, positions: int) -> None:
+        now = time.monotonic()
+        if self.batches == 0:
+            self.first_seconds = now - self.started
+        self.batches += 1
+        self.positions += positions
+        self.last = now
+
+    @property
+    def seconds(self) -> float:
+        return self.last - self.started
+
+    def describe(self) -> str:
+        rest = self.seconds - self.first_seconds
+        return (
+            f"reference pre-pass: {self.batches} micro-batches, {self.positions:,} positions "
+            f"in {self.seconds:.1f} s (the first {self.first_seconds:.1f} s, the other "
+            f"{self.batches - 1} {rest:.1f} s)"
+        )
 
 
 def packed_batches(
@@ -148,6 +182,7 @@ def make_packed_trainer_class() -> Any:
         def __init__(self, *args: Any, packing: PackingChoice, **kwargs: Any) -> None:
             self.packing = packing
             self.reference: tuple[torch.Tensor, torch.Tensor] | None = None
+            self.prepass_timing: PrepassTiming | None = None
             self._batches: list[list[int]] | None = None
             super().__init__(*args, **kwargs)
             data: Any = self.train_dataset
@@ -169,7 +204,7 @@ def make_packed_trainer_class() -> Any:
             return self._batches
 
         def _collator(self) -> PackedCollator:
-            multiple = FLEX_BLOCK if self.packing.attn_implementation == "flex_attention" else 1
+            multiple = FLEX_BLOCK if takes_block_mask(self.packing.attn_implementation) else 1
             tokenizer: Any = self.processing_class
             return PackedCollator(tokenizer.pad_token_id, multiple)
 
@@ -212,6 +247,7 @@ def make_packed_trainer_class() -> Any:
             collate = self._collator()
             was_training = model.training
             model.train()
+            timing = PrepassTiming()
             try:
                 with self._reference_context(), self.accelerator.autocast():
                     for members in self.batches():
@@ -219,10 +255,13 @@ def make_packed_trainer_class() -> Any:
                         logps = packed_logps(model, batch, self._mask(batch))
                         index = batch["pair_index"].cpu()
                         chosen[index] = logps.chosen.cpu()
+                        # .cpu() waits for the device: the batch's time is its own.
                         rejected[index] = logps.rejected.cpu()
+                        timing.add(batch["input_ids"].numel())
             finally:
                 model.train(was_training)
             self.reference = (chosen, rejected)
+            self.prepass_timing = timing
 
         def compute_loss(
             self,

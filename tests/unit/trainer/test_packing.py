@@ -26,7 +26,9 @@ from services.trainer.jobs.packing import (
     dense_mask,
     pack,
     packed_logps,
+    register_packed_flex_attention,
 )
+from services.trainer.jobs.packing_plan import PACKED_FLEX_ATTENTION
 from services.trainer.jobs.packing_trainer import (
     PackedBatchSampler,
     packed_batches,
@@ -51,6 +53,8 @@ def lora_model(tiny_model: Path, attn: str = "sdpa") -> Any:
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
+    if attn == PACKED_FLEX_ATTENTION:
+        register_packed_flex_attention()
     model = AutoModelForCausalLM.from_pretrained(
         tiny_model, dtype=torch.float32, attn_implementation=attn
     )
@@ -79,9 +83,13 @@ def unpacked_per_token(model: Any, pair: PairIds, answer: list[int]) -> torch.Te
 
 
 def assert_packed_equals_unpacked(model: Any, pairs: list[PairIds], attn: str) -> None:
-    batch = pack(pairs, pad_token_id=0, multiple_of=16)  # padding changes nothing
+    # Padding changes nothing; a block mask needs whole tiles.
+    multiple = FLEX_BLOCK if attn == PACKED_FLEX_ATTENTION else 16
+    batch = pack(pairs, pad_token_id=0, multiple_of=multiple)
     with torch.no_grad():
         packed = packed_logps(model, batch, attention_mask(batch, attn, torch.float32))
+        if attn == PACKED_FLEX_ATTENTION:  # it takes packed rows only; the plain ones: sdpa
+            model.get_base_model().set_attn_implementation("sdpa")
         for index, pair in enumerate(pairs):
             for kind, answer in ((CHOSEN, pair.chosen), (REJECTED, pair.rejected)):
                 where = packed.labelled & (batch["pair"] == index) & (batch["segment"] == kind)
@@ -93,9 +101,20 @@ def assert_packed_equals_unpacked(model: Any, pairs: list[PairIds], attn: str) -
     torch.testing.assert_close(packed.rejected, plain.rejected, atol=0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+# PACKED_FLEX_ATTENTION is the CUDA path; on CPU it runs flex attention's eager reference,
+# which checks the block mask, the shared KV heads (the tiny model has 2 query heads, 1 KV)
+# and the layout the function hands back. Eager flex has no backward on CPU: its gradients
+# are checked on the GPU (python -m bench train-packing-check).
+@pytest.mark.parametrize("attn", ["sdpa", "eager", PACKED_FLEX_ATTENTION])
 def test_packed_log_probs_equal_unpacked_ones_with_the_adapter(tiny_model: Path, attn: str) -> None:
     assert_packed_equals_unpacked(lora_model(tiny_model, attn), random_pairs(7, seed=1), attn)
+
+
+def test_packed_flex_attention_refuses_a_dense_mask(tiny_model: Path) -> None:
+    model = lora_model(tiny_model, PACKED_FLEX_ATTENTION)
+    batch = pack(random_pairs(2, seed=6), pad_token_id=0, multiple_of=FLEX_BLOCK)
+    with pytest.raises(TypeError, match="BlockMask"):
+        packed_logps(model, batch, attention_mask(batch, "sdpa", torch.float32))
 
 
 def test_packed_log_probs_equal_unpacked_ones_without_the_adapter(tiny_model: Path) -> None:
@@ -228,3 +247,19 @@ def test_a_flex_model_under_peft_goes_back_to_sdpa_for_padded_rows(tiny_model: P
     with torch.no_grad():
         out = peft_model(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1, 0]]))
     assert torch.isfinite(out.logits).all()
+
+
+def test_prepass_timing_keeps_the_first_micro_batch_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.trainer.jobs import packing_trainer
+
+    clock = iter([100.0, 108.0, 108.5, 109.0])
+    monkeypatch.setattr(packing_trainer.time, "monotonic", lambda: next(clock))
+    timing = packing_trainer.PrepassTiming()
+    for positions in (1280, 1024, 768):
+        timing.add(positions)
+    assert (timing.batches, timing.positions) == (3, 3072)
+    assert timing.first_seconds == 8.0 and timing.seconds == 9.0
+    assert timing.describe() == (
+        "reference pre-pass: 3 micro-batches, 3,072 positions in 9.0 s "
+        "(the first 8.0 s, the other 2 1.0 s)"
+    )

@@ -8,6 +8,7 @@ import pytest
 from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
 
 from services.trainer.jobs.packing_plan import (
+    PACKED_FLEX_ATTENTION,
     PackingChoice,
     PackingUnsupportedError,
     choose_packing,
@@ -29,7 +30,7 @@ def decide(requested: bool | None = None, **overrides: Any) -> PackingChoice:
 
 def test_packs_qwen_and_llama_by_default_with_flex_on_cuda_and_sdpa_on_cpu() -> None:
     gpu = decide()
-    assert gpu.enabled and gpu.attn_implementation == "flex_attention"
+    assert gpu.enabled and gpu.attn_implementation == PACKED_FLEX_ATTENTION
     assert "auto" in gpu.reason
     cpu = decide(device="cpu", model_config=LlamaConfig(), loss_types=["sigmoid", "sft"])
     assert cpu.enabled and cpu.attn_implementation == "sdpa"
