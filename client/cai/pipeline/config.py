@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from cai.pipeline.prompts import MAX_STOP_STRINGS
 from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
+from cai.pipeline.sections import SamplingConfig, Section
 from cai.yamlfile import parse_mapping, read_text, validate
 
 
@@ -27,12 +27,7 @@ class ConfigError(ValueError):
     """The pipeline config is invalid; the message names the field and what to change."""
 
 
-class _Section(BaseModel):
-    # `.inf` and `.nan` are valid YAML floats; no knob of a run means anything at either.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class EndpointConfig(_Section):
+class EndpointConfig(Section):
     url: str = Field(description="Base URL of a vLLM (OpenAI-compatible) server, without /v1.")
     concurrency: int = Field(
         default=64,
@@ -49,19 +44,7 @@ class EndpointConfig(_Section):
     timeout_s: float = Field(default=600.0, gt=0.0, description="Seconds one request may take.")
 
 
-class SamplingConfig(_Section):
-    temperature: float = Field(ge=0.0)
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(ge=1)
-    stop: list[str] | None = Field(
-        default=None,
-        max_length=MAX_STOP_STRINGS,
-        description="Stop strings (at most 4: vLLM refuses more); None uses the template's "
-        "`stop` header.",
-    )
-
-
-class InstructionsConfig(_Section):
+class InstructionsConfig(Section):
     source: Literal["generate", "file"] = Field(
         default="generate", description="Write instructions with the model, or read `file`."
     )
@@ -99,7 +82,7 @@ class InstructionsConfig(_Section):
         return self
 
 
-class ResponsesConfig(_Section):
+class ResponsesConfig(Section):
     few_shot: int = Field(
         default=2, ge=0, description="Seed examples before the instruction (0 for a tuned adapter)."
     )
@@ -108,7 +91,7 @@ class ResponsesConfig(_Section):
     )
 
 
-class CritiquesConfig(_Section):
+class CritiquesConfig(Section):
     rounds: int = Field(default=1, ge=1, description="Critique -> revision rounds.")
     few_shot: int = Field(default=1, ge=0, description="Worked critique examples shown.")
     principle_tags: list[Literal["helpful", "harmless", "honest"]] = Field(
@@ -119,14 +102,14 @@ class CritiquesConfig(_Section):
     )
 
 
-class RevisionsConfig(_Section):
+class RevisionsConfig(Section):
     few_shot: int = Field(default=1, ge=0)
     sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=384)
     )
 
 
-class RulesConfig(_Section):
+class RulesConfig(Section):
     fail_truncated: bool = Field(
         default=False,
         description="Fail a response that hit max_tokens. Off by default: it correlates with "
@@ -146,7 +129,7 @@ class RulesConfig(_Section):
     )
 
 
-class JudgeConfig(_Section):
+class JudgeConfig(Section):
     endpoints: list[EndpointConfig] = Field(
         default_factory=list, description="A separate judge server; empty: the generator's."
     )
@@ -166,7 +149,7 @@ class JudgeConfig(_Section):
     )
 
 
-class SplitConfig(_Section):
+class SplitConfig(Section):
     train_ratio: float = Field(default=0.9, gt=0.0, lt=1.0)
     group_threshold: float = Field(
         default=0.6,
@@ -176,7 +159,7 @@ class SplitConfig(_Section):
     )
 
 
-class RetryConfig(_Section):
+class RetryConfig(Section):
     max_attempts: int = Field(
         default=30,
         ge=1,
@@ -212,7 +195,7 @@ class RetryConfig(_Section):
     )
 
 
-class StoreConfig(_Section):
+class StoreConfig(Section):
     fsync: Literal["always", "periodic", "never"] = Field(
         default="periodic",
         description="always: fsync every record (power-loss safe, slow); periodic: at most every "
@@ -227,7 +210,7 @@ class StoreConfig(_Section):
     )
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     name: str = Field(default="run", description="Default run folder name under run_root.")
     seed: int = Field(
         default=0, ge=0, description="Run seed: every request's seed derives from it."

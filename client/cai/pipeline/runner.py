@@ -338,10 +338,12 @@ async def run_pipeline(
     *,
     progress: ProgressSink | None = None,
     accept_config_change: bool = False,
+    steps: Pipeline = PIPELINE,
 ) -> RunSummary:
     """Run (or resume) the pipeline of `config` into `run_dir`; return its summary.
 
-    `config.model` names what generates (the base, or a stage's adapter as vLLM serves it).
+    `config.model` names what generates (the base, or a stage's adapter as vLLM serves it);
+    `steps`, the chain each instruction runs (default `cai.pipeline.steps.PIPELINE`).
     """
     stats = CallStats()
     async with AsyncExitStack() as stack:
@@ -364,6 +366,7 @@ async def run_pipeline(
             progress=progress,
             gpus=gpus,
             accept_config_change=accept_config_change,
+            steps=steps,
         )
         return await runner.run()
 

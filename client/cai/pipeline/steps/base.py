@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
 from cai.generator.types import Choice, CompletionResult
-from cai.pipeline.config import PipelineConfig, SamplingConfig
+from cai.pipeline.config import PipelineConfig
 from cai.pipeline.constitution import Constitution
 from cai.pipeline.endpoints import Priority, RequestFailed
 from cai.pipeline.prompts import Template
@@ -31,6 +31,7 @@ from cai.pipeline.records import (
     TokenUsage,
 )
 from cai.pipeline.responses import parse
+from cai.pipeline.sections import SamplingConfig
 from cai.pipeline.seeds import SeedPool
 
 G = TypeVar("G", bound=GeneratedRecord)

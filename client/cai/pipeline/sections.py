@@ -1,0 +1,29 @@
+"""What every config section is built from: `Section` (unknown keys, inf and nan refused) and
+`SamplingConfig`, the sampling knobs of one step's requests.
+
+A step module declares its own section from these (cai.pipeline.steps); `PipelineConfig`
+(cai.pipeline.config) gathers the sections of a run.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cai.pipeline.prompts import MAX_STOP_STRINGS
+
+
+class Section(BaseModel):
+    # `.inf` and `.nan` are valid YAML floats; no knob of a run means anything at either.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SamplingConfig(Section):
+    temperature: float = Field(ge=0.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(ge=1)
+    stop: list[str] | None = Field(
+        default=None,
+        max_length=MAX_STOP_STRINGS,
+        description="Stop strings (at most 4: vLLM refuses more); None uses the template's "
+        "`stop` header.",
+    )
