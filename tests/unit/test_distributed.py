@@ -1,4 +1,4 @@
-"""How a multi-process DPO job is launched (services/trainer/distributed.py): the process
+"""How a multi-process DPO job is launched (services/trainer/distributed*.py): the process
 count, the accelerate config and command line, the DPOConfig overrides, and the supervisor
 that turns rank event files into the runner's one event stream.
 
@@ -17,22 +17,20 @@ import pytest
 import yaml
 
 from protocol.jobs import DpoJobSpec
-from services.trainer.distributed import (
+from services.trainer.distributed_launch import (
     DistributedConfigError,
-    EventTail,
     LaunchPlan,
     accelerate_config,
     check_supported,
     decoder_layer_class,
-    distributed_overrides,
     launch_argv,
     launch_env,
     plan_launch,
     rank_events_path,
     resolve_num_processes,
-    sharded_shape,
-    supervise,
 )
+from services.trainer.distributed_rank import distributed_overrides, sharded_shape
+from services.trainer.distributed_supervisor import EventTail, supervise
 from services.trainer.jobs.training_device import ModelShape
 
 QWEN_32B = ModelShape(
