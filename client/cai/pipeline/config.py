@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
+from cai.pipeline.schema import INSTRUCTION_TYPES, InstructionType
 from cai.pipeline.sections import SamplingConfig, Section
 from cai.yamlfile import parse_mapping, read_text, validate
 

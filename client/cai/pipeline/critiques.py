@@ -16,9 +16,9 @@ from cai.pipeline.constitution import Constitution, Principle
 from cai.pipeline.dedupe import normalise, shingles
 from cai.pipeline.instructions import MIN_CHARS
 from cai.pipeline.prompts import Template, few_shot_prompt
-from cai.pipeline.records import derive_seed
 from cai.pipeline.responses import parse as parse_text
 from cai.pipeline.rules import no_template_residue
+from cai.pipeline.schema import derive_seed
 from cai.pipeline.seeds import CritiqueExample, SeedPool
 
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The pipeline's own duplicate measure: "the same instruction" means one thing everywhere.
 from cai.pipeline.dedupe import jaccard, normalise, shingles
-from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
+from cai.pipeline.schema import INSTRUCTION_TYPES, InstructionType
 from cai.yamlfile import load_packaged
 
 DEFAULT_HELDOUT = "heldout_v1.yaml"

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from cai.pipeline.prompts import Template, join_blocks
-from cai.pipeline.records import INSTRUCTION_TYPES, InstructionType
+from cai.pipeline.schema import INSTRUCTION_TYPES, InstructionType
 from cai.pipeline.seeds import SeedPool
 from cai.yamlfile import decode
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from cai.generator.types import CompletionResult
 from cai.pipeline.config import JudgeConfig
 from cai.pipeline.prompts import Template
-from cai.pipeline.records import JudgeQuery, TokenUsage, Verdict
+from cai.pipeline.schema import JudgeQuery, TokenUsage, Verdict
 
 LETTERS = ("A", "B")
 

@@ -6,6 +6,10 @@ parameters (with the per-record `seed`) and the server's token usage. Nothing in
 depends on timing (no timestamps, no endpoint), so an interrupted-and-resumed run writes the
 same bytes as an uninterrupted one; times live in `manifest.json`.
 
+Each step's record type is defined in its step module (cai.pipeline.steps), the parts they
+share in cai.pipeline.schema; this module gathers them, with the step files of a run folder
+(`STEPS`, `RECORD_TYPES`: those of `cai.pipeline.steps.PIPELINE`).
+
 Ids (sortable, derived from the instruction id `qa-00012`):
     responses  qa-00012.r        critiques  qa-00012.c1, .c2 ...   revisions  qa-00012.v1 ...
     judgements qa-00012.j        pairs      qa-00012.p
@@ -13,181 +17,58 @@ Ids (sortable, derived from the instruction id `qa-00012`):
 
 from __future__ import annotations
 
-import hashlib
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
-
-InstructionType = Literal["qa", "completion", "generation", "response"]
-INSTRUCTION_TYPES: tuple[InstructionType, ...] = ("qa", "completion", "generation", "response")
-Status = Literal["ok", "rejected", "failed", "skipped"]
-
-STEPS: tuple[str, ...] = (
-    "instructions",
-    "responses",
-    "critiques",
-    "revisions",
-    "judgements",
-    "pairs",
+from cai.pipeline.schema import (
+    INSTRUCTION_TYPES,
+    GeneratedRecord,
+    InstructionRecord,
+    InstructionType,
+    JudgeQuery,
+    Record,
+    Sampling,
+    Status,
+    TokenUsage,
+    Verdict,
+    critique_id,
+    derive_seed,
+    instruction_id,
+    judgement_id,
+    pair_id,
+    response_id,
+    revision_id,
 )
+from cai.pipeline.steps import PIPELINE
+from cai.pipeline.steps.critiques import CritiqueRecord
+from cai.pipeline.steps.judgements import JudgementRecord
+from cai.pipeline.steps.pairs import PairRecord
+from cai.pipeline.steps.responses import ResponseRecord
+from cai.pipeline.steps.revisions import RevisionRecord
 
+STEPS: tuple[str, ...] = PIPELINE.names
+RECORD_TYPES: dict[str, type[Record]] = PIPELINE.record_types
 
-def derive_seed(run_seed: int, *parts: str | int) -> int:
-    """A sampling seed for one request: a function of the run seed, the record id and the step.
-
-    With one seed for every request, a near-uniform model samples the same tokens for every
-    prompt (notes/vllm-cpu.md); per-record seeds keep outputs distinct and reproducible.
-    """
-    key = "|".join([str(run_seed), *map(str, parts)]).encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") & 0x7FFFFFFF
-
-
-def instruction_id(kind: str, index: int) -> str:
-    return f"{kind}-{index:05d}"
-
-
-def response_id(iid: str) -> str:
-    return f"{iid}.r"
-
-
-def critique_id(iid: str, round_: int) -> str:
-    return f"{iid}.c{round_}"
-
-
-def revision_id(iid: str, round_: int) -> str:
-    return f"{iid}.v{round_}"
-
-
-def judgement_id(iid: str) -> str:
-    return f"{iid}.j"
-
-
-def pair_id(iid: str) -> str:
-    return f"{iid}.p"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Sampling(_Model):
-    temperature: float
-    top_p: float
-    max_tokens: int
-    stop: list[str]
-    seed: int
-
-
-class TokenUsage(_Model):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class Record(_Model):
-    id: str
-    instruction_id: str
-    parent_id: str | None = None
-    status: Status = "ok"
-    reason: str | None = Field(default=None, description="Why the record is not `ok`.")
-
-
-class GeneratedRecord(Record):
-    model: str | None = None
-    template: str | None = None
-    sampling: Sampling | None = None
-    usage: TokenUsage = Field(default_factory=TokenUsage)
-    text: str = ""
-    finish_reason: str | None = None
-
-
-class InstructionRecord(GeneratedRecord):
-    type: InstructionType
-    attempt: int = Field(description="Index of the generation attempt within its type.")
-    source: Literal["model", "file"] = "model"
-    few_shot: list[int] = Field(default_factory=list, description="Seed-pool indices shown.")
-    duplicate_of: str | None = Field(
-        default=None, description="The earlier instruction it repeats."
-    )
-
-
-class ResponseRecord(GeneratedRecord):
-    type: InstructionType
-    few_shot: list[int] = Field(default_factory=list)
-
-
-class CritiqueRecord(GeneratedRecord):
-    round: int
-    principle_id: str
-    target_id: str = Field(description="The response or revision that was critiqued.")
-
-
-class RevisionRecord(GeneratedRecord):
-    round: int
-    principle_id: str
-    critique_id: str
-
-
-class JudgeQuery(_Model):
-    """One A/B question: which letter meant `good`, the labels' log-probs, and how read."""
-
-    good_label: str
-    logprob_a: float
-    logprob_b: float
-    method: Literal["top_logprobs", "scored"]
-    labels_in_top_k: int | None = Field(
-        default=None,
-        ge=0,
-        le=2,
-        description=(
-            "How many of the two labels the next token's top-k held (2: both read, not "
-            "floored). None: not recorded (older runs) or no top-k was asked (`scored`)."
-        ),
-    )
-    usage: TokenUsage = Field(default_factory=TokenUsage)
-
-
-class Verdict(_Model):
-    response_id: str
-    rules: dict[str, bool] = Field(description="Each rule check: True = passed.")
-    rules_ok: bool
-    truncated: bool
-    judge_margin: float | None = Field(
-        default=None,
-        description="Mean over queries of log P(good letter) - log P(bad letter); > 0 means good.",
-    )
-    judge_queries: list[JudgeQuery] = Field(default_factory=list)
-    judge_ok: bool | None = None
-    ok: bool = Field(description="The combined verdict (config `judge.ok_rule`).")
-
-
-class JudgementRecord(Record):
-    model: str | None = None
-    template: str | None = None
-    ok_rule: str
-    original: Verdict
-    revision: Verdict
-
-
-class PairRecord(Record):
-    """A preference pair (status ok) or the reason none was made (status skipped)."""
-
-    type: InstructionType
-    rule: str | None = Field(default=None, description="Which pair rule chose.")
-    prompt: str | None = None
-    chosen: str | None = None
-    rejected: str | None = None
-    chosen_id: str | None = None
-    rejected_id: str | None = None
-    judgement_id: str
-    chosen_margin: float | None = None
-    rejected_margin: float | None = None
-
-
-RECORD_TYPES: dict[str, type[Record]] = {
-    "instructions": InstructionRecord,
-    "responses": ResponseRecord,
-    "critiques": CritiqueRecord,
-    "revisions": RevisionRecord,
-    "judgements": JudgementRecord,
-    "pairs": PairRecord,
-}
+__all__ = [
+    "INSTRUCTION_TYPES",
+    "RECORD_TYPES",
+    "STEPS",
+    "CritiqueRecord",
+    "GeneratedRecord",
+    "InstructionRecord",
+    "InstructionType",
+    "JudgeQuery",
+    "JudgementRecord",
+    "PairRecord",
+    "Record",
+    "ResponseRecord",
+    "RevisionRecord",
+    "Sampling",
+    "Status",
+    "TokenUsage",
+    "Verdict",
+    "critique_id",
+    "derive_seed",
+    "instruction_id",
+    "judgement_id",
+    "pair_id",
+    "response_id",
+    "revision_id",
+]

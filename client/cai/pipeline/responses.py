@@ -12,7 +12,7 @@ format and the generation format cannot drift apart.
 from __future__ import annotations
 
 from cai.pipeline.prompts import Template, few_shot_prompt
-from cai.pipeline.records import InstructionType
+from cai.pipeline.schema import InstructionType
 from cai.pipeline.seeds import SeedPool
 
 

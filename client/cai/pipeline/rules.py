@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from cai.pipeline.config import RulesConfig
 from cai.pipeline.dedupe import normalise
-from cai.pipeline.records import InstructionType
+from cai.pipeline.schema import InstructionType
 
 # Headings of this project's templates: whole markers, so a Markdown '###' or a ':' in an
 # answer is not residue.

@@ -49,7 +49,7 @@ from cai.pipeline.heldout import HeldoutGuard
 from cai.pipeline.inputs import PipelineInputs
 from cai.pipeline.judgements import labels
 from cai.pipeline.manifest import Manifest
-from cai.pipeline.records import InstructionRecord, Sampling
+from cai.pipeline.schema import InstructionRecord, Sampling
 from cai.pipeline.served import GeneratorUnreachable, ModelNotServed, served_models
 from cai.pipeline.session import (
     NoProgress,
@@ -153,7 +153,7 @@ class PipelineRunner:
         saver = asyncio.create_task(self.book.save_periodically(manifest, session, started))
         producer = InstructionProducer(
             self.context,
-            self.store.files["instructions"],
+            self.store.files["instructions"].records,
             self.heldout,
             write=self._write,
             start_chain=self._start_chain,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cai.pipeline.records import INSTRUCTION_TYPES
+from cai.pipeline.schema import INSTRUCTION_TYPES
 from cai.yamlfile import load_yaml, read_text, validate
 
 DEFAULT_SEED_POOL = Path(__file__).resolve().parent / "seed_pool.yaml"

@@ -28,7 +28,7 @@ from cai.pipeline.config import PipelineConfig, load_config
 from cai.pipeline.endpoints import CallStats
 from cai.pipeline.inputs import PipelineInputs
 from cai.pipeline.manifest import Manifest, Session, StepTokens, environment, package_versions
-from cai.pipeline.records import TokenUsage
+from cai.pipeline.schema import TokenUsage
 from cai.runfolder import CONFIG_FILE, write_atomic
 
 MANIFEST_EVERY_S = 5.0

@@ -19,7 +19,7 @@ from typing import Any
 
 from cai.pipeline.config import PipelineConfig
 from cai.pipeline.dedupe import NearDuplicateGroups, completed
-from cai.pipeline.records import derive_seed
+from cai.pipeline.schema import derive_seed
 from cai.pipeline.store import RunStore
 from cai.runfolder import write_jsonl_atomic
 from protocol.datasets import PreferencePair

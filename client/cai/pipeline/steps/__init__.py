@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cai.pipeline.records import InstructionRecord, Record
+from cai.pipeline.schema import InstructionRecord, Record
 from cai.pipeline.steps.base import Rounds, Step
 from cai.pipeline.steps.critiques import Critiques
 from cai.pipeline.steps.judgements import Judgements

@@ -22,15 +22,8 @@ from cai.pipeline.config import PipelineConfig
 from cai.pipeline.constitution import Constitution
 from cai.pipeline.endpoints import Priority, RequestFailed
 from cai.pipeline.prompts import Template
-from cai.pipeline.records import (
-    GeneratedRecord,
-    InstructionRecord,
-    Record,
-    ResponseRecord,
-    Sampling,
-    TokenUsage,
-)
 from cai.pipeline.responses import parse
+from cai.pipeline.schema import GeneratedRecord, InstructionRecord, Record, Sampling, TokenUsage
 from cai.pipeline.sections import SamplingConfig
 from cai.pipeline.seeds import SeedPool
 
@@ -67,7 +60,7 @@ class Chain:
     instruction: InstructionRecord
     seq: int
     round: int = 0
-    original: ResponseRecord | None = None
+    original: GeneratedRecord | None = None  # the response
     current: GeneratedRecord | None = None  # the text being improved: response, then revisions
     records: dict[str, Record] = field(default_factory=dict)  # the latest record of each step
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
+
 from cai.pipeline import critiques
 from cai.pipeline.endpoints import Priority
-from cai.pipeline.records import CritiqueRecord, Record, critique_id, derive_seed
+from cai.pipeline.schema import GeneratedRecord, Record, critique_id, derive_seed
 from cai.pipeline.steps.base import Chain, Step, StepContext, generated, sampling
+
+
+class CritiqueRecord(GeneratedRecord):
+    round: int
+    principle_id: str
+    target_id: str = Field(description="The response or revision that was critiqued.")
 
 
 class Critiques(Step):

@@ -1,7 +1,7 @@
 """Step 1: the instructions every chain starts from, generated or read from a file (prompt
 and parser: cai.pipeline.instructions).
 
-    producer = InstructionProducer(run, file, heldout, write=..., start_chain=..., progress=...)
+    producer = InstructionProducer(run, done, heldout, write=..., start_chain=..., progress=...)
     await producer.produce()        # source: generate
     await producer.read_file(rows)  # source: file
 
@@ -25,7 +25,7 @@ from cai.pipeline import instructions
 from cai.pipeline.dedupe import DuplicateIndex
 from cai.pipeline.endpoints import RequestFailed
 from cai.pipeline.heldout import HeldoutGuard
-from cai.pipeline.records import (
+from cai.pipeline.schema import (
     INSTRUCTION_TYPES,
     InstructionRecord,
     InstructionType,
@@ -34,7 +34,6 @@ from cai.pipeline.records import (
 )
 from cai.pipeline.seeds import SeedPool
 from cai.pipeline.steps.base import Generation, StepContext, sampling
-from cai.pipeline.store import StepFile
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ class InstructionProducer:
     def __init__(
         self,
         run: StepContext,
-        file: StepFile[InstructionRecord],
+        done: dict[str, InstructionRecord],
         heldout: HeldoutGuard,
         *,
         write: Callable[[str, Any], None],
@@ -103,7 +102,7 @@ class InstructionProducer:
         progress: Planned,
     ) -> None:
         self.run = run
-        self.file = file
+        self.done = done  # the instruction file's records by id (the store keeps it current)
         self.heldout = heldout
         self.write = write
         self.start_chain = start_chain
@@ -126,7 +125,7 @@ class InstructionProducer:
         accepted: Counter[str] = Counter()
         decided: Counter[str] = Counter()
         present: dict[str, set[int]] = {k: set() for k in kinds}
-        for record in sorted(self.file.records.values(), key=lambda r: (r.attempt, r.type)):
+        for record in sorted(self.done.values(), key=lambda r: (r.attempt, r.type)):
             decided[record.type] += 1
             present.setdefault(record.type, set()).add(record.attempt)
             if record.status == "ok":
@@ -235,7 +234,7 @@ class InstructionProducer:
         for given_id, kind, text in rows:
             iid = given_id or instruction_id(kind, counters[kind])
             counters[kind] += 1
-            record = self.file.get(iid)
+            record = self.done.get(iid)
             if record is None:
                 record = InstructionRecord(
                     id=iid,

@@ -9,9 +9,8 @@ from typing import ClassVar
 
 from cai.pipeline import judgements, rules
 from cai.pipeline.endpoints import Priority, RequestFailed
-from cai.pipeline.records import (
+from cai.pipeline.schema import (
     GeneratedRecord,
-    JudgementRecord,
     JudgeQuery,
     Record,
     Verdict,
@@ -19,6 +18,14 @@ from cai.pipeline.records import (
     judgement_id,
 )
 from cai.pipeline.steps.base import Chain, Step, StepContext
+
+
+class JudgementRecord(Record):
+    model: str | None = None
+    template: str | None = None
+    ok_rule: str
+    original: Verdict
+    revision: Verdict
 
 
 def _unasked(response_id: str) -> Verdict:

@@ -5,10 +5,28 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
+
 from cai.pipeline import pairs, responses
 from cai.pipeline.endpoints import Priority
-from cai.pipeline.records import JudgementRecord, PairRecord, Record, pair_id
+from cai.pipeline.schema import InstructionType, Record, pair_id
 from cai.pipeline.steps.base import Chain, Step, StepContext
+from cai.pipeline.steps.judgements import JudgementRecord
+
+
+class PairRecord(Record):
+    """A preference pair (status ok) or the reason none was made (status skipped)."""
+
+    type: InstructionType
+    rule: str | None = Field(default=None, description="Which pair rule chose.")
+    prompt: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    chosen_id: str | None = None
+    rejected_id: str | None = None
+    judgement_id: str
+    chosen_margin: float | None = None
+    rejected_margin: float | None = None
 
 
 class Pairs(Step):

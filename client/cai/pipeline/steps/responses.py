@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
+
 from cai.pipeline import responses
 from cai.pipeline.endpoints import Priority
-from cai.pipeline.records import Record, ResponseRecord, derive_seed, response_id
+from cai.pipeline.schema import GeneratedRecord, InstructionType, Record, derive_seed, response_id
 from cai.pipeline.steps.base import Chain, Step, StepContext, generated, sampling
+
+
+class ResponseRecord(GeneratedRecord):
+    type: InstructionType
+    few_shot: list[int] = Field(default_factory=list)
 
 
 class Responses(Step):

@@ -7,14 +7,15 @@ from typing import ClassVar
 
 from cai.pipeline import revisions
 from cai.pipeline.endpoints import Priority
-from cai.pipeline.records import (
-    CritiqueRecord,
-    Record,
-    RevisionRecord,
-    derive_seed,
-    revision_id,
-)
+from cai.pipeline.schema import GeneratedRecord, Record, derive_seed, revision_id
 from cai.pipeline.steps.base import Chain, Step, StepContext, generated, sampling
+from cai.pipeline.steps.critiques import CritiqueRecord
+
+
+class RevisionRecord(GeneratedRecord):
+    round: int
+    principle_id: str
+    critique_id: str
 
 
 class Revisions(Step):
