@@ -123,7 +123,7 @@ def accelerate_config(
         # tensors itself (dpo.py), so the 64 GB base never has to land on one host.
         "fsdp_state_dict_type": "FULL_STATE_DICT",
         "fsdp_offload_params": False,
-        # The job decides activation checkpointing from memory (training_device.py) and
+        # The job decides activation checkpointing from memory (training_memory.py) and
         # turns on the Trainer's own, which works under FSDP2.
         "fsdp_activation_checkpointing": False,
     }

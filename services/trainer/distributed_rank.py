@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from services.trainer.jobs.training_device import ModelShape
+    from services.trainer.jobs.training_memory import ModelShape
 
 
 def world_size() -> int:

@@ -31,7 +31,7 @@ from services.trainer.distributed_launch import (
 )
 from services.trainer.distributed_rank import distributed_overrides, sharded_shape
 from services.trainer.distributed_supervisor import EventTail, supervise
-from services.trainer.jobs.training_device import ModelShape
+from services.trainer.jobs.training_memory import ModelShape
 
 QWEN_32B = ModelShape(
     parameters=32_763_876_352,
@@ -180,7 +180,7 @@ def test_memory_plan_counts_a_shard_plus_two_layers_of_weights() -> None:
 
 
 def test_32b_in_bf16_fits_two_80gb_cards_by_the_memory_plan() -> None:
-    from services.trainer.jobs.training_device import GIB, plan_memory
+    from services.trainer.jobs.training_memory import GIB, plan_memory
 
     def plan(shape: ModelShape) -> Any:
         return plan_memory(

@@ -22,20 +22,22 @@ from services.trainer.jobs.training_config import (
 )
 from services.trainer.jobs.training_data import length_grouped_indices
 from services.trainer.jobs.training_device import (
-    CPU_MICRO_BATCH,
-    GIB,
-    MAX_AUTO_MICRO_BATCH,
-    MAX_CHECKPOINTED_MICRO_BATCH,
     DeviceUnsupportedError,
-    MemoryPlan,
-    ModelShape,
     check_quantization,
     choose_optimizer,
-    plan_memory,
     resolve_device,
     training_dtype,
     use_cudnn_attention,
     use_liger_kernel,
+)
+from services.trainer.jobs.training_memory import (
+    CPU_MICRO_BATCH,
+    GIB,
+    MAX_AUTO_MICRO_BATCH,
+    MAX_CHECKPOINTED_MICRO_BATCH,
+    MemoryPlan,
+    ModelShape,
+    plan_memory,
 )
 
 # Qwen2.5-7B and -32B shapes (config.json of the published models).

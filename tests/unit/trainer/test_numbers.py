@@ -22,7 +22,7 @@ from protocol.jobs import (
 )
 from services.trainer.app import create_app
 from services.trainer.core.config import TrainerSettings
-from services.trainer.jobs.training_device import CPU_MICRO_BATCH, MAX_AUTO_MICRO_BATCH
+from services.trainer.jobs.training_memory import CPU_MICRO_BATCH, MAX_AUTO_MICRO_BATCH
 from services.trainer.submit import estimated_steps
 from tests.unit.trainer.conftest import pairs_jsonl, snapshot
 

@@ -14,7 +14,7 @@ from services.trainer.jobs.packing_plan import (
     choose_packing,
     packed_batch_limits,
 )
-from services.trainer.jobs.training_device import MAX_AUTO_MICRO_BATCH, MemoryPlan
+from services.trainer.jobs.training_memory import MAX_AUTO_MICRO_BATCH, MemoryPlan
 
 
 def decide(requested: bool | None = None, **overrides: Any) -> PackingChoice:
