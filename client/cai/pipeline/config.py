@@ -14,139 +14,42 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from cai.pipeline.schema import INSTRUCTION_TYPES, InstructionType
-from cai.pipeline.sections import SamplingConfig, Section
+from cai.pipeline.critiques import CritiquesConfig
+from cai.pipeline.instructions import InstructionsConfig
+from cai.pipeline.judgements import JudgeConfig
+from cai.pipeline.responses import ResponsesConfig
+from cai.pipeline.revisions import RevisionsConfig
+from cai.pipeline.rules import RulesConfig
+from cai.pipeline.schema import INSTRUCTION_TYPES
+from cai.pipeline.sections import EndpointConfig, SamplingConfig, Section
 from cai.yamlfile import parse_mapping, read_text, validate
+
+__all__ = [
+    "ConfigError",
+    "CritiquesConfig",
+    "EndpointConfig",
+    "InstructionsConfig",
+    "JudgeConfig",
+    "PipelineConfig",
+    "ResponsesConfig",
+    "RetryConfig",
+    "RevisionsConfig",
+    "RulesConfig",
+    "SamplingConfig",
+    "SplitConfig",
+    "StoreConfig",
+    "load_config",
+    "small_test_overlay",
+    "validate_config",
+]
 
 
 class ConfigError(ValueError):
     """The pipeline config is invalid; the message names the field and what to change."""
-
-
-class EndpointConfig(Section):
-    url: str = Field(description="Base URL of a vLLM (OpenAI-compatible) server, without /v1.")
-    concurrency: int = Field(
-        default=64,
-        ge=1,
-        description="Requests in flight at most: keep vLLM's batch full. Set it a little above "
-        "the server's batch (its max_num_seqs, e.g. 80 for 64) so the server's queue never "
-        "empties while the client turns an answer around (docs/benchmarks.md, item 2).",
-    )
-    api_key_env: str | None = Field(
-        default="CAI_GENERATOR_API_KEY",
-        description="Environment variable holding the server's API key (unset: no key sent).",
-    )
-    gpus: float = Field(default=1.0, ge=0.0, description="GPUs behind this endpoint (for cost).")
-    timeout_s: float = Field(default=600.0, gt=0.0, description="Seconds one request may take.")
-
-
-class InstructionsConfig(Section):
-    source: Literal["generate", "file"] = Field(
-        default="generate", description="Write instructions with the model, or read `file`."
-    )
-    file: str | None = Field(
-        default=None, description="JSONL with {type, text} (and optional id) per line."
-    )
-    counts: dict[InstructionType, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=lambda: {t: 250 for t in INSTRUCTION_TYPES},
-        description="Instructions to keep per type (after duplicate removal); 0 leaves a type "
-        "out, and at least one must be above 0.",
-    )
-    few_shot: int = Field(default=4, ge=1, description="Seed instructions shown per prompt.")
-    max_attempts_factor: float = Field(
-        default=3.0,
-        ge=1.0,
-        description="Stop a type after count x this many attempts (duplicates are not refilled "
-        "from the pool: a shortfall is reported, never papered over).",
-    )
-    near_duplicate_threshold: float = Field(
-        default=0.7,
-        gt=0.0,
-        le=1.0,
-        description="Shingle Jaccard at or above which texts are duplicates.",
-    )
-    sampling: SamplingConfig = Field(
-        default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=128)
-    )
-
-    @model_validator(mode="after")
-    def _file_when_file(self) -> InstructionsConfig:
-        if self.source == "file" and not self.file:
-            raise ValueError("instructions.source is 'file': set instructions.file to a JSONL path")
-        if self.source == "generate" and not any(self.counts.values()):
-            raise ValueError("instructions.counts asks for no instruction: give a type a count")
-        return self
-
-
-class ResponsesConfig(Section):
-    few_shot: int = Field(
-        default=2, ge=0, description="Seed examples before the instruction (0 for a tuned adapter)."
-    )
-    sampling: SamplingConfig = Field(
-        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=384)
-    )
-
-
-class CritiquesConfig(Section):
-    rounds: int = Field(default=1, ge=1, description="Critique -> revision rounds.")
-    few_shot: int = Field(default=1, ge=0, description="Worked critique examples shown.")
-    principle_tags: list[Literal["helpful", "harmless", "honest"]] = Field(
-        default_factory=list, description="Sample only principles with one of these tags."
-    )
-    sampling: SamplingConfig = Field(
-        default_factory=lambda: SamplingConfig(temperature=0.3, top_p=0.95, max_tokens=256)
-    )
-
-
-class RevisionsConfig(Section):
-    few_shot: int = Field(default=1, ge=0)
-    sampling: SamplingConfig = Field(
-        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=384)
-    )
-
-
-class RulesConfig(Section):
-    fail_truncated: bool = Field(
-        default=False,
-        description="Fail a response that hit max_tokens. Off by default: it correlates with "
-        "length, and a length-correlated check faked a gain in prior work; the flag is "
-        "recorded either way.",
-    )
-    min_unique_sentence_ratio: float = Field(
-        default=0.5,
-        gt=0.0,
-        le=1.0,
-        description="Fail text (4+ sentences) whose distinct sentences are fewer than this share.",
-    )
-    max_consecutive_repeats: int = Field(
-        default=5,
-        ge=2,
-        description="Fail text repeating one phrase (1-5 words) more times in a row.",
-    )
-
-
-class JudgeConfig(Section):
-    endpoints: list[EndpointConfig] = Field(
-        default_factory=list, description="A separate judge server; empty: the generator's."
-    )
-    model: str | None = Field(default=None, description="Judge model; None: the generating model.")
-    method: Literal["auto", "top_logprobs", "scored"] = Field(
-        default="auto",
-        description="top_logprobs: read ' A'/' B' from the next token's top log-probs (1 token); "
-        "scored: score prompt+label with echo; auto: top_logprobs, scoring a label only "
-        "when it is missing from the top-k.",
-    )
-    top_logprobs: int = Field(default=20, ge=2, le=20)
-    swap: bool = Field(default=True, description="Ask again with A/B swapped; average the margins.")
-    threshold: float = Field(default=0.0, description="judge_ok when the margin is above this.")
-    ok_rule: Literal["rules_and_judge", "rules", "judge"] = Field(
-        default="rules_and_judge",
-        description="ok = rules_ok and judge_ok (default), or only one of them.",
-    )
 
 
 class SplitConfig(Section):

@@ -12,6 +12,10 @@ producing a revision and a pair from nothing.
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from cai.pipeline.constitution import Constitution, Principle
 from cai.pipeline.dedupe import normalise, shingles
 from cai.pipeline.instructions import MIN_CHARS
@@ -19,7 +23,19 @@ from cai.pipeline.prompts import Template, few_shot_prompt
 from cai.pipeline.responses import parse as parse_text
 from cai.pipeline.rules import no_template_residue
 from cai.pipeline.schema import derive_seed
+from cai.pipeline.sections import SamplingConfig, Section
 from cai.pipeline.seeds import CritiqueExample, SeedPool
+
+
+class CritiquesConfig(Section):
+    rounds: int = Field(default=1, ge=1, description="Critique -> revision rounds.")
+    few_shot: int = Field(default=1, ge=0, description="Worked critique examples shown.")
+    principle_tags: list[Literal["helpful", "harmless", "honest"]] = Field(
+        default_factory=list, description="Sample only principles with one of these tags."
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.3, top_p=0.95, max_tokens=256)
+    )
 
 
 def pick_principle(

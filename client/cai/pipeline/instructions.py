@@ -12,14 +12,56 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
 
 from cai.pipeline.prompts import Template, join_blocks
 from cai.pipeline.schema import INSTRUCTION_TYPES, InstructionType
+from cai.pipeline.sections import SamplingConfig, Section
 from cai.pipeline.seeds import SeedPool
 from cai.yamlfile import decode
 
 # An instruction shorter than this many word characters is noise, not a task.
 MIN_CHARS = 8
+
+
+class InstructionsConfig(Section):
+    source: Literal["generate", "file"] = Field(
+        default="generate", description="Write instructions with the model, or read `file`."
+    )
+    file: str | None = Field(
+        default=None, description="JSONL with {type, text} (and optional id) per line."
+    )
+    counts: dict[InstructionType, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: {t: 250 for t in INSTRUCTION_TYPES},
+        description="Instructions to keep per type (after duplicate removal); 0 leaves a type "
+        "out, and at least one must be above 0.",
+    )
+    few_shot: int = Field(default=4, ge=1, description="Seed instructions shown per prompt.")
+    max_attempts_factor: float = Field(
+        default=3.0,
+        ge=1.0,
+        description="Stop a type after count x this many attempts (duplicates are not refilled "
+        "from the pool: a shortfall is reported, never papered over).",
+    )
+    near_duplicate_threshold: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        description="Shingle Jaccard at or above which texts are duplicates.",
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=128)
+    )
+
+    @model_validator(mode="after")
+    def _file_when_file(self) -> InstructionsConfig:
+        if self.source == "file" and not self.file:
+            raise ValueError("instructions.source is 'file': set instructions.file to a JSONL path")
+        if self.source == "generate" and not any(self.counts.values()):
+            raise ValueError("instructions.counts asks for no instruction: give a type a count")
+        return self
 
 
 def build_prompt(

@@ -21,11 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
 
 from cai.generator.types import CompletionResult
-from cai.pipeline.config import JudgeConfig
 from cai.pipeline.prompts import Template
 from cai.pipeline.schema import JudgeQuery, TokenUsage, Verdict
+from cai.pipeline.sections import EndpointConfig, Section
 
 LETTERS = ("A", "B")
 
@@ -34,6 +37,26 @@ LETTERS = ("A", "B")
 class JudgePrompt:
     prompt: str
     good_label: str  # "A" or "B": the letter whose option says the response is good
+
+
+class JudgeConfig(Section):
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=list, description="A separate judge server; empty: the generator's."
+    )
+    model: str | None = Field(default=None, description="Judge model; None: the generating model.")
+    method: Literal["auto", "top_logprobs", "scored"] = Field(
+        default="auto",
+        description="top_logprobs: read ' A'/' B' from the next token's top log-probs (1 token); "
+        "scored: score prompt+label with echo; auto: top_logprobs, scoring a label only "
+        "when it is missing from the top-k.",
+    )
+    top_logprobs: int = Field(default=20, ge=2, le=20)
+    swap: bool = Field(default=True, description="Ask again with A/B swapped; average the margins.")
+    threshold: float = Field(default=0.0, description="judge_ok when the margin is above this.")
+    ok_rule: Literal["rules_and_judge", "rules", "judge"] = Field(
+        default="rules_and_judge",
+        description="ok = rules_ok and judge_ok (default), or only one of them.",
+    )
 
 
 def labels(template: Template) -> tuple[str, str]:

@@ -11,9 +11,21 @@ format and the generation format cannot drift apart.
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from cai.pipeline.prompts import Template, few_shot_prompt
 from cai.pipeline.schema import InstructionType
+from cai.pipeline.sections import SamplingConfig, Section
 from cai.pipeline.seeds import SeedPool
+
+
+class ResponsesConfig(Section):
+    few_shot: int = Field(
+        default=2, ge=0, description="Seed examples before the instruction (0 for a tuned adapter)."
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=384)
+    )
 
 
 def pair_prompt(template: Template, instruction: str) -> str:

@@ -6,11 +6,21 @@ prompt = build_prompt(template, pool, constitution, instruction, response, criti
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from cai.pipeline.constitution import Constitution, Principle
 from cai.pipeline.critiques import critique_example, principle_request
 from cai.pipeline.prompts import Template, few_shot_prompt
 from cai.pipeline.responses import parse as parse_text
+from cai.pipeline.sections import SamplingConfig, Section
 from cai.pipeline.seeds import SeedPool
+
+
+class RevisionsConfig(Section):
+    few_shot: int = Field(default=1, ge=0)
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=384)
+    )
 
 
 def build_prompt(

@@ -16,9 +16,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from cai.pipeline.config import RulesConfig
+from pydantic import Field
+
 from cai.pipeline.dedupe import normalise
 from cai.pipeline.schema import InstructionType
+from cai.pipeline.sections import Section
 
 # Headings of this project's templates: whole markers, so a Markdown '###' or a ':' in an
 # answer is not residue.
@@ -42,6 +44,26 @@ _WORD = re.compile(r"\w+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 # Fewer sentences than this say nothing about looping.
 MIN_SENTENCES = 4
+
+
+class RulesConfig(Section):
+    fail_truncated: bool = Field(
+        default=False,
+        description="Fail a response that hit max_tokens. Off by default: it correlates with "
+        "length, and a length-correlated check faked a gain in prior work; the flag is "
+        "recorded either way.",
+    )
+    min_unique_sentence_ratio: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Fail text (4+ sentences) whose distinct sentences are fewer than this share.",
+    )
+    max_consecutive_repeats: int = Field(
+        default=5,
+        ge=2,
+        description="Fail text repeating one phrase (1-5 words) more times in a row.",
+    )
 
 
 def nonempty(_: str, response: str) -> bool:
