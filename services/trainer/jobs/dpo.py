@@ -38,21 +38,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from protocol.jobs import DpoJobSpec
 from services.trainer.distributed import (
-    check_supported,
     distributed_overrides,
     init_process_group,
     min_across_ranks,
     sharded_shape,
     strategy,
-    world_size,
 )
 from services.trainer.jobs.context import JobContext
+from services.trainer.jobs.dpo_inputs import JobInputs, check_inputs
 from services.trainer.jobs.dpo_trainer import (
     apply_liger_before_prepass,
     disable_lora_input_cast,
@@ -71,9 +68,7 @@ from services.trainer.jobs.packing_plan import (
 )
 from services.trainer.jobs.training_config import (
     SpeedChoices,
-    check_parent_compatible,
     dpo_config_kwargs,
-    lora_config,
     loss_types,
 )
 from services.trainer.jobs.training_data import (
@@ -82,16 +77,12 @@ from services.trainer.jobs.training_data import (
 )
 from services.trainer.jobs.training_device import (
     ModelShape,
-    bitsandbytes_importable,
     bitsandbytes_optimizer_usable,
-    check_quantization,
     choose_optimizer,
     count_parameters,
     liger_importable,
     plan_memory,
     probe_free_gpu_bytes,
-    resolve_device,
-    training_dtype,
     use_cudnn_attention,
     use_liger_kernel,
 )
@@ -99,23 +90,6 @@ from services.trainer.jobs.training_device import (
 # PyTorch's own fused attention: works on CPU and CUDA and needs no extra package
 # (flash-attn cannot be installed here). Packed rows on CUDA switch to flex attention.
 ATTN_IMPLEMENTATION = "sdpa"
-
-
-class JobInputError(ValueError):
-    """A path the runner should have provided is missing."""
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    """What the cheap checks established, before anything heavy loads."""
-
-    device: str
-    dtype: str
-    parent: Path | None
-    parent_config: dict[str, Any] | None
-    peft_config: Any
-    rank: int
-    processes: int
 
 
 def _json_safe(value: Any) -> Any:
@@ -143,47 +117,10 @@ def _load_base_model(path: str, dtype: str, device: str, load_in_4bit: bool) -> 
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
-def _read_adapter_config(path: Path) -> dict[str, Any]:
-    config_file = path / "adapter_config.json"
-    if not config_file.exists():
-        raise JobInputError(f"parent adapter {path} has no adapter_config.json")
-    data: dict[str, Any] = json.loads(config_file.read_text())
-    return data
-
-
-def _check_inputs(spec: DpoJobSpec, ctx: JobContext, cuda_available: bool) -> _Inputs:
-    """Everything that can fail without loading a model, so a bad spec fails in seconds."""
-    if ctx.train_path is None:
-        raise JobInputError("the DPO job has no training dataset path")
-    device = resolve_device(ctx.device, cuda_available)
-    check_quantization(spec.load_in_4bit, device, bitsandbytes_importable())
-    loss_types(spec.dpo.loss_type)
-    parent = ctx.parent_adapter_path
-    parent_config = _read_adapter_config(parent) if parent is not None else None
-    if parent_config is not None:
-        overridden = check_parent_compatible(spec, parent_config)
-        if overridden:
-            ctx.log.warning(
-                "iterative DPO keeps the parent's LoRA shape: %s", ", ".join(overridden)
-            )
-    processes = world_size()
-    check_supported(processes, spec.load_in_4bit)
-    return _Inputs(
-        device=device,
-        dtype=training_dtype(device),
-        parent=parent,
-        parent_config=parent_config,
-        # With a parent, TRL copies its adapter as the frozen reference: no new LoRA.
-        peft_config=lora_config(spec.lora) if parent is None else None,
-        rank=int(parent_config["r"]) if parent_config is not None else spec.lora.r,
-        processes=processes,
-    )
-
-
 def _load_training_pairs(spec: DpoJobSpec, ctx: JobContext) -> tuple[Any, LoadedPairs]:
     from transformers import AutoTokenizer
 
-    assert ctx.train_path is not None  # _check_inputs
+    assert ctx.train_path is not None  # check_inputs
     tokenizer = AutoTokenizer.from_pretrained(ctx.base_model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -199,7 +136,7 @@ def _load_training_pairs(spec: DpoJobSpec, ctx: JobContext) -> tuple[Any, Loaded
 
 
 def _decide_speed(
-    spec: DpoJobSpec, ctx: JobContext, job: _Inputs, train: LoadedPairs, model_config: Any
+    spec: DpoJobSpec, ctx: JobContext, job: JobInputs, train: LoadedPairs, model_config: Any
 ) -> tuple[SpeedChoices, ModelShape]:
     """Optimizer, memory plan and packing from the machine, the model's shape and the data."""
     device, log = job.device, ctx.log
@@ -267,7 +204,7 @@ def _decide_speed(
     return choices, shape
 
 
-def _load_model(spec: DpoJobSpec, ctx: JobContext, job: _Inputs, choices: SpeedChoices) -> Any:
+def _load_model(spec: DpoJobSpec, ctx: JobContext, job: JobInputs, choices: SpeedChoices) -> Any:
     # Under FSDP the model loads on the host: rank 0 reads the weights, the other ranks
     # build it on `meta`, and FSDP places each rank's shard on its GPU when it wraps it.
     load_device = job.device if job.processes == 1 else "cpu"
@@ -290,7 +227,7 @@ def _load_model(spec: DpoJobSpec, ctx: JobContext, job: _Inputs, choices: SpeedC
 def _build_trainer(
     spec: DpoJobSpec,
     ctx: JobContext,
-    job: _Inputs,
+    job: JobInputs,
     choices: SpeedChoices,
     args: Any,
     model: Any,
@@ -340,7 +277,7 @@ def run_dpo(spec: DpoJobSpec, ctx: JobContext) -> dict[str, Any]:
 
     from services.trainer.jobs.training_callbacks import ProgressCallback
 
-    job = _check_inputs(spec, ctx, torch.cuda.is_available())
+    job = check_inputs(spec, ctx, torch.cuda.is_available())
     if job.processes > 1:
         # Before any model loads: transformers loads FSDP models rank-0-only only once the
         # process group exists, and the memory plan needs every rank's free memory.
