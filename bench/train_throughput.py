@@ -30,6 +30,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -418,6 +419,8 @@ def run_worker(kind: str, work: Path, device: str, seed: int, result_path: Path)
 
 
 def _prepare(shape: Shape, pairs: list[Pair], work: Path) -> None:
+    # A --work reused from an earlier invocation must not hand its kernels to this one's runs.
+    shutil.rmtree(work / "compile-cache", ignore_errors=True)
     write_model_dir(shape, work / "model")
     write_pairs(pairs, shape.vocab_size, work / "pairs.jsonl")
 

@@ -8,10 +8,10 @@ schedule, logging and PEFT handling, with this module's batches, log-prob step a
 - Reference: with `precompute_ref_log_probs` a pre-pass over the very batches training will
   run (`precompute_reference`), adapter disabled; otherwise a no-grad forward in every step.
   Same rows, same shapes and kernels as the policy's forward, so at step 1, where policy
-  and reference are one model, the loss is ln 2: exactly in fp32 on CPU, within 3e-5 in bf16
-  on an H200 (0.693123 at the 7B shape, 0.693169 at 32B: flex attention compiles its
-  no-grad and its training forward separately), not the nat-sized offsets of mismatched
-  kernels (dpo_trainer.apply_liger_before_prepass).
+  and reference are one model, the loss is ln 2: exactly in fp32 on CPU, within 6e-5 in bf16
+  on an H200 (0.693095 to 0.693169 in eight runs at the 7B and 32B shapes: flex attention
+  compiles its no-grad and its training forward separately), not the nat-sized offsets of
+  mismatched kernels (dpo_trainer.apply_liger_before_prepass).
 - Loss: TRL 1.16's `sigmoid` (and `sft`, for RPO) exactly: -logsigmoid(beta * margin)
   averaged over the micro-batch's pairs; the same metric names TRL logs.
 """
