@@ -1,14 +1,15 @@
-"""Packed log-probs against the unpacked ones on the device: flex attention's block mask,
-bf16 and fp32, forward and LoRA gradients (the CPU tests check the dense-mask path).
+"""Packed log-probs against the unpacked ones on the device: flash attention's variable-length
+kernel (bf16; it has no fp32 kernel) and flex attention's block mask (bf16 and fp32),
+forward and LoRA gradients (the CPU tests check the dense-mask and segment-by-segment paths).
 
     python -m bench train-packing-check --out runs/bench/packing-check
 
 A small Qwen2 (random weights, 28 query heads over 4 KV heads as at 7B, 2 layers) with a
 LoRA whose B is random, so the adapter matters. For pairs of varied lengths it computes the
 summed completion log-probs (a) one pair at a time in TRL's padded [prompt, answer] rows
-with sdpa and (b) all pairs in one packed row with flex attention, the job's own attention
-function (`packing.packed_flex_attention`, shared KV heads) and transformers' `flex_attention`
-each, and the gradient of the sum of all log-probs with respect to the LoRA weights. Prints
+with sdpa and (b) all pairs in one packed row with each packed attention: the job's own
+(`packed_varlen.packed_varlen_attention`, `packing.packed_flex_attention`) and transformers'
+`flex_attention`, and the gradient of the sum of all log-probs with respect to the LoRA weights. Prints
 the largest differences from (a) (relative, for gradients) per packed attention and dtype
 and writes them to `packing_check.json`.
 Needs a CUDA device.
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.train_throughput import NO_ACCELERATOR
-from services.trainer.jobs.packing_plan import PACKED_FLEX_ATTENTION
+from services.trainer.jobs.packing_plan import PACKED_FLEX_ATTENTION, PACKED_VARLEN_ATTENTION
 
-PACKED_ATTENTIONS = (PACKED_FLEX_ATTENTION, "flex_attention")
+PACKED_ATTENTIONS = (PACKED_VARLEN_ATTENTION, PACKED_FLEX_ATTENTION, "flex_attention")
+# Flash attention's kernels take bf16 and fp16 only.
+HALF_ONLY = frozenset({PACKED_VARLEN_ATTENTION})
 
 
 def _model(dtype: Any, attn: str) -> Any:
@@ -34,9 +37,9 @@ def _model(dtype: Any, attn: str) -> Any:
     from transformers import AutoModelForCausalLM, Qwen2Config
     from trl.trainer.utils import add_fused_lm_head
 
-    from services.trainer.jobs.packing import register_packed_flex_attention
+    from services.trainer.jobs.packing import register_packed_attentions
 
-    register_packed_flex_attention()
+    register_packed_attentions()
     config = Qwen2Config(
         hidden_size=896,
         intermediate_size=2048,
@@ -76,9 +79,16 @@ def _unpacked(model: Any, pairs: list[Any]) -> Any:
 def _packed(model: Any, pairs: list[Any], dtype: Any, attn: str) -> Any:
     import torch
 
-    from services.trainer.jobs.packing import FLEX_BLOCK, attention_mask, pack, packed_logps
+    from services.trainer.jobs.packing import (
+        FLEX_BLOCK,
+        attention_mask,
+        pack,
+        packed_logps,
+        takes_block_mask,
+    )
 
-    batch = {k: v.cuda() for k, v in pack(pairs, 0, FLEX_BLOCK).items()}
+    multiple = FLEX_BLOCK if takes_block_mask(attn) else 1
+    batch = {k: v.to("cuda") for k, v in pack(pairs, 0, multiple, varlen=True).items()}
     logps = packed_logps(model, batch, attention_mask(batch, attn, dtype))
     return torch.stack([logps.chosen, logps.rejected], dim=1).reshape(-1)
 
@@ -99,6 +109,8 @@ def check(dtype_name: str, pairs: list[Any]) -> dict[str, dict[str, float]]:
     sums, grads = _sums_and_grads(dtype, "sdpa", pairs)
     results: dict[str, dict[str, float]] = {}
     for attn in PACKED_ATTENTIONS:
+        if attn in HALF_ONLY and dtype == torch.float32:
+            continue
         packed_sums, packed_grads = _sums_and_grads(dtype, attn, pairs)
         diff = (sums - packed_sums).abs()
         worst = 0.0

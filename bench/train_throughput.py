@@ -262,8 +262,9 @@ def apply_proposed_fixes(dpo: Any) -> None:
 
 def use_attention(dpo: Any, attn: str) -> None:
     """Packed rows with another attention than the job chooses (diagnostic runs only):
-    `sdpa` (a dense mask on CUDA too: attention then spans the whole micro-batch) or
-    transformers' `flex_attention` (the job's path before its own packed_flex_attention)."""
+    `sdpa` (a dense mask on CUDA too: attention then spans the whole micro-batch),
+    transformers' `flex_attention` (the job's path before its own packed_flex_attention),
+    or either of the job's own (`cai_packed_flex`, `cai_packed_varlen`) for an A/B."""
     from dataclasses import replace
 
     choose = dpo.choose_packing
@@ -501,9 +502,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--job-attention",
-        choices=("sdpa", "flex_attention"),
+        choices=("sdpa", "flex_attention", "cai_packed_flex", "cai_packed_varlen"),
         default=None,
-        help="diagnostic: packed rows with sdpa and a dense mask, or transformers' flex path",
+        help=(
+            "diagnostic: packed rows with sdpa and a dense mask, transformers' flex path, "
+            "or one of the job's own two (flex over a block mask, flash varlen)"
+        ),
     )
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=RUNS, default=None, help=argparse.SUPPRESS)

@@ -292,6 +292,41 @@ def test_packed_and_unpacked_jobs_learn_alike(trained: dict[str, Any], tmp_path:
     assert packed_margin == pytest.approx(unpacked["metrics"]["eval/margin"], rel=0.1)
 
 
+def test_the_varlen_attention_trains_step_for_step_as_the_dense_mask(
+    trained: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CUDA path's layout (flash attention's variable-length sequences, here run segment
+    # by segment through sdpa on CPU) through the whole job: collator, pre-pass, steps. Same
+    # batches as the dense-mask job above, so the same losses step by step.
+    from dataclasses import replace
+
+    from services.trainer.jobs import dpo
+    from services.trainer.jobs.packing_plan import PACKED_VARLEN_ATTENTION
+
+    choose = dpo.choose_packing
+
+    def varlen(*args: Any, **kwargs: Any) -> Any:
+        return replace(choose(*args, **kwargs), attn_implementation=PACKED_VARLEN_ATTENTION)
+
+    monkeypatch.setattr(dpo, "choose_packing", varlen)
+    root = trained["root"]
+    events: list[JobProgress] = []
+    ctx = make_context(
+        tmp_path / "job",
+        Path(trained["ctx"].base_model_path),
+        trained["train"],
+        root / "eval.jsonl",
+        events=events,
+    )
+    result = run_dpo(tiny_spec(), ctx)
+    assert result["config"]["packing"]["attn_implementation"] == PACKED_VARLEN_ATTENTION
+    dense_losses = [e.metrics["loss"] for e in trained["events"] if "loss" in e.metrics]
+    varlen_losses = [e.metrics["loss"] for e in events if "loss" in e.metrics]
+    assert varlen_losses == pytest.approx(dense_losses, abs=1e-4)
+    dense_margin = trained["result"]["metrics"]["eval/margin"]
+    assert result["metrics"]["eval/margin"] == pytest.approx(dense_margin, rel=1e-3)
+
+
 def test_iterative_dpo_trains_against_the_parent(
     trained: dict[str, Any], tiny_model: Path, tmp_path: Path
 ) -> None:

@@ -255,6 +255,31 @@ def test_measured_32b_point_is_reproduced() -> None:
     assert plan.estimated_peak_bytes < free
 
 
+def test_packed_positions_fill_what_whole_padded_pairs_leave() -> None:
+    # The H200 run of 2026-12-03 (149.6 GB free, 32B, 900 pairs, longest 901 tokens): one
+    # padded pair of the longest length fits, 1,802 positions; the activations that fit are
+    # more than that, and within the same budget as the pair count.
+    free = 149_557_477_376
+    plan = gpu_plan(QWEN_32B, free, 901)
+    assert (plan.micro_batch, plan.gradient_checkpointing) == (1, False)
+    assert plan.activation_positions is not None and plan.activation_positions > 1.5 * 1802
+    from services.trainer.jobs.training_memory import activation_bytes_per_token
+
+    per_position = activation_bytes_per_token(QWEN_32B, 64, "bfloat16", False)
+    fixed = (plan.estimated_peak_bytes or 0) - 1802 * per_position
+    assert fixed + plan.activation_positions * per_position < 0.9 * free
+    cpu = plan_memory(
+        QWEN_32B,
+        device="cpu",
+        free_bytes=None,
+        longest_pair_tokens=901,
+        r=64,
+        dtype="float32",
+        use_liger_kernel=False,
+    )
+    assert cpu.activation_positions is None
+
+
 def test_checkpointed_plan_still_refuses_what_does_not_fit() -> None:
     plan = gpu_plan(QWEN_32B, 72 * GIB, 900)
     assert plan.gradient_checkpointing is True
@@ -478,3 +503,27 @@ def test_optimizer_maps_to_transformers_names() -> None:
     assert name("cpu", "adamw") == "adamw_torch"
     recorded = SpeedChoices("cuda", "bfloat16", plan, True, "sdpa", True, optimizer="adamw_8bit")
     assert recorded.as_dict()["optimizer"] == "adamw_8bit"
+
+
+def test_trls_lora_layers_are_built_on_the_jobs_card(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The job builds TRL's LoRA layers on the GPU (dpo_trainer.adapters_built_on): PEFT's
+    # layer construction runs under the device context, and only while the trainer is built.
+    import torch
+    import trl.trainer.dpo_trainer as dpo_module
+
+    from services.trainer.jobs.dpo_trainer import adapters_built_on
+
+    built_on: list[torch.device] = []
+
+    def recording(model: Any, config: Any, **kwargs: Any) -> Any:
+        built_on.append(torch.empty(0).device)  # where an nn.Linear made here would live
+        return model
+
+    monkeypatch.setattr(dpo_module, "get_peft_model", recording)
+    with adapters_built_on("meta"):
+        assert dpo_module.get_peft_model("model", "config") == "model"
+    with adapters_built_on(None):
+        dpo_module.get_peft_model("model", "config")
+    dpo_module.get_peft_model("model", "config")
+    assert built_on == [torch.device("meta"), torch.device("cpu"), torch.device("cpu")]
+    assert dpo_module.get_peft_model is recording

@@ -51,6 +51,7 @@ from services.trainer.distributed import (
 from services.trainer.jobs.context import JobContext
 from services.trainer.jobs.dpo_inputs import JobInputs, check_inputs
 from services.trainer.jobs.dpo_trainer import (
+    adapters_built_on,
     apply_liger_before_prepass,
     disable_lora_input_cast,
     heldout_pair_metrics,
@@ -61,6 +62,7 @@ from services.trainer.jobs.dpo_trainer import make_trainer_class as _make_traine
 
 # bench/hot_swap.py and the FSDP test worker save adapters exactly as the job does.
 from services.trainer.jobs.dpo_trainer import save_adapter as _save_adapter  # noqa: F401
+from services.trainer.jobs.packed_varlen import varlen_usable
 from services.trainer.jobs.packing_plan import (
     choose_packing,
     flex_attention_importable,
@@ -180,6 +182,7 @@ def _decide_speed(
         loss_types=loss_types(spec.dpo.loss_type),
         model_config=model_config,
         flex_available=flex_attention_importable(),
+        varlen_available=device == "cuda" and varlen_usable(job.dtype),
     )
     packing = packed_batch_limits(
         packing,
@@ -210,10 +213,10 @@ def _load_model(spec: DpoJobSpec, ctx: JobContext, job: JobInputs, choices: Spee
     load_device = job.device if job.processes == 1 else "cpu"
     model = _load_base_model(ctx.base_model_path, job.dtype, load_device, spec.load_in_4bit)
     if choices.attn_implementation != ATTN_IMPLEMENTATION:
-        # Packed rows on CUDA: flex attention skips the tiles of the block mask no query sees.
-        from services.trainer.jobs.packing import register_packed_flex_attention
+        # Packed rows on CUDA: one sequence a segment (flash varlen) or a block mask (flex).
+        from services.trainer.jobs.packing import register_packed_attentions
 
-        register_packed_flex_attention()
+        register_packed_attentions()
         model.set_attn_implementation(choices.attn_implementation)
     if job.parent is not None:
         from peft import PeftModel
@@ -247,7 +250,9 @@ def _build_trainer(
     fingerprint = hashlib.sha256(
         f"{ctx.job_id}|{ctx.base_model_path}|{job.parent}|{spec.seed}".encode()
     ).hexdigest()
-    with no_weight_hashing(fingerprint):
+    # One process on a GPU: the LoRA layers are built on the card (why: adapters_built_on).
+    adapter_device = "cuda" if job.device == "cuda" and job.processes == 1 else None
+    with no_weight_hashing(fingerprint), adapters_built_on(adapter_device):
         trainer = trainer_class(
             model=model,
             args=args,

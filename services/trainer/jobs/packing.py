@@ -32,7 +32,13 @@ from typing import Any
 
 import torch
 
-from services.trainer.jobs.packing_plan import PACKED_FLEX_ATTENTION
+from services.trainer.jobs.packed_varlen import (
+    LAYOUT_KWARG,
+    VarlenLayout,
+    VarlenLayoutBuilder,
+    register_packed_varlen_attention,
+)
+from services.trainer.jobs.packing_plan import PACKED_FLEX_ATTENTION, PACKED_VARLEN_ATTENTION
 
 SHARED, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
 IGNORE = -100
@@ -58,20 +64,26 @@ class PairIds:
         return 2 * len(self.prompt) + len(self.chosen) + len(self.rejected)
 
 
-def pack(pairs: Sequence[PairIds], pad_token_id: int, multiple_of: int = 1) -> dict[str, Any]:
+def pack(
+    pairs: Sequence[PairIds], pad_token_id: int, multiple_of: int = 1, varlen: bool = False
+) -> dict[str, Any]:
     """One packed row of `pairs` as (1, T) tensors, plus per-position pair and segment.
 
     `shift_labels[t]` is the token position t predicts (IGNORE where none), as TRL's fused
     LM head takes pre-shifted labels. The row is padded to a multiple of `multiple_of`; pad
-    positions form their own segment and see only each other.
+    positions form their own segment and see only each other. `varlen`: also the row's
+    segments as flash attention's variable-length sequences (`batch["varlen"]`).
     """
     ids: list[int] = []
     positions: list[int] = []
     labels: list[int] = []
     pair_of: list[int] = []
     segment: list[int] = []
+    layout = VarlenLayoutBuilder()
     for index, pair in enumerate(pairs):
         shared, head = list(pair.prompt[:-1]), list(pair.prompt[-1:])
+        shared_span = range(len(ids), len(ids) + len(shared))
+        layout.segment(shared_span)
         ids += shared
         positions += range(len(shared))
         labels += [IGNORE] * len(shared)
@@ -79,6 +91,7 @@ def pack(pairs: Sequence[PairIds], pad_token_id: int, multiple_of: int = 1) -> d
         segment += [SHARED] * len(shared)
         for kind, answer in ((CHOSEN, pair.chosen), (REJECTED, pair.rejected)):
             tokens = head + list(answer)
+            layout.segment(range(len(ids), len(ids) + len(tokens)), visible_before=shared_span)
             ids += tokens
             positions += range(len(shared), len(shared) + len(tokens))
             # Each position predicts the next token of its own segment; the last predicts nothing.
@@ -86,12 +99,13 @@ def pack(pairs: Sequence[PairIds], pad_token_id: int, multiple_of: int = 1) -> d
             pair_of += [index] * len(tokens)
             segment += [kind] * len(tokens)
     pad = -len(ids) % multiple_of
+    layout.segment(range(len(ids), len(ids) + pad))
     ids += [pad_token_id] * pad
     positions += [0] * pad
     labels += [IGNORE] * pad
     pair_of += [-1] * pad
     segment += [PAD] * pad
-    return {
+    batch: dict[str, Any] = {
         "input_ids": torch.tensor([ids]),
         "position_ids": torch.tensor([positions]),
         "shift_labels": torch.tensor([labels]),
@@ -101,6 +115,9 @@ def pack(pairs: Sequence[PairIds], pad_token_id: int, multiple_of: int = 1) -> d
         "pair_index": torch.arange(len(pairs)),
         "num_tokens": torch.tensor(sum(p.unpacked_tokens for p in pairs)),
     }
+    if varlen:
+        batch["varlen"] = layout.build()
+    return batch
 
 
 def dense_mask(pair: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
@@ -156,7 +173,13 @@ def takes_block_mask(attn_implementation: str | None) -> bool:
 
 
 def attention_mask(batch: dict[str, Any], attn_implementation: str, dtype: torch.dtype) -> Any:
-    """The packed row's mask in the form `attn_implementation` takes a custom 4-D mask."""
+    """The packed row's mask in the form `attn_implementation` takes: a custom 4-D mask, a
+    `BlockMask`, or (PACKED_VARLEN_ATTENTION) the row's `VarlenLayout` on the row's device."""
+    if attn_implementation == PACKED_VARLEN_ATTENTION:
+        if "varlen" not in batch:
+            raise ValueError(f"{PACKED_VARLEN_ATTENTION} needs a row packed with varlen=True")
+        layout: VarlenLayout = batch["varlen"]
+        return layout.to(batch["input_ids"].device, non_blocking=True)
     if takes_block_mask(attn_implementation):
         return block_mask(batch["pair"], batch["segment"])
     dense = dense_mask(batch["pair"], batch["segment"])[None, None]
@@ -216,11 +239,13 @@ def packed_flex_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def register_packed_flex_attention() -> None:
-    """Make PACKED_FLEX_ATTENTION a name `set_attn_implementation` accepts (idempotent)."""
+def register_packed_attentions() -> None:
+    """Make PACKED_FLEX_ATTENTION and PACKED_VARLEN_ATTENTION names `set_attn_implementation`
+    accepts (idempotent)."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(PACKED_FLEX_ATTENTION, packed_flex_attention)
+    register_packed_varlen_attention()
 
 
 @dataclass(frozen=True)
@@ -235,14 +260,17 @@ class PackedLogps:
 
 
 def packed_logps(model: Any, batch: dict[str, Any], mask: Any) -> PackedLogps:
-    """One forward of the packed row through `model` (patched with TRL's fused LM head)."""
+    """One forward of the packed row through `model` (patched with TRL's fused LM head).
+    `mask`: what `attention_mask` made; a `VarlenLayout` goes to the attention function as
+    a forward argument (transformers would drop it as a mask)."""
+    attention = {LAYOUT_KWARG: mask} if isinstance(mask, VarlenLayout) else {"attention_mask": mask}
     out = model(
         input_ids=batch["input_ids"],
-        attention_mask=mask,
         position_ids=batch["position_ids"],
         shift_labels=batch["shift_labels"],
         fused_lm_head=True,
         use_cache=False,
+        **attention,
     )
     per_token = out.log_probs[0]
     labelled = batch["shift_labels"][0] != IGNORE

@@ -19,8 +19,11 @@ from services.trainer.jobs.training_device import MAX_AUTO_MICRO_BATCH, MemoryPl
 PACKABLE_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 # The losses the packed step computes exactly as TRL 1.16 does (dpo_trainer._compute_loss).
 PACKED_LOSS_TYPES = frozenset({"sigmoid", "sft"})
-# The attention function packed rows use on CUDA (packing.packed_flex_attention, registered
-# with transformers under this name): flex attention over the row's block mask.
+# The attention functions packed rows use on CUDA, registered with transformers under these
+# names: flash attention's variable-length kernel over the row's segments
+# (packed_varlen.packed_varlen_attention; bf16/fp16 on Ampere or newer), else flex attention
+# over the row's block mask (packing.packed_flex_attention).
+PACKED_VARLEN_ATTENTION = "cai_packed_varlen"
 PACKED_FLEX_ATTENTION = "cai_packed_flex"
 
 
@@ -33,8 +36,7 @@ class PackingChoice:
     enabled: bool
     reason: str
     attn_implementation: str | None = None
-    """PACKED_FLEX_ATTENTION (CUDA: a block mask that skips empty tiles) or `sdpa` (a dense
-    mask)."""
+    """PACKED_VARLEN_ATTENTION or PACKED_FLEX_ATTENTION (CUDA) or `sdpa` (a dense mask)."""
     token_budget: int | None = None
     """Packed positions a micro-batch may hold (from the memory plan); None: no token limit."""
     max_pairs: int | None = None
@@ -63,11 +65,14 @@ def choose_packing(
     loss_types: Sequence[str],
     model_config: Any,
     flex_available: bool,
+    varlen_available: bool = False,
 ) -> PackingChoice:
     """Pack where the job can: one process, a loss the packed step computes as TRL does, an
-    attention family that takes the custom mask, and on CUDA flex attention (a dense mask
-    there would cost attention over the whole micro-batch). `requested`: None decides,
-    False keeps TRL's padded rows, True refuses to start where packing is impossible."""
+    attention family that takes the custom mask, and on CUDA variable-length flash attention
+    or flex attention (a dense mask there would cost attention over the whole micro-batch).
+    Flash first: prebuilt kernels, where flex compiles its own at a job's first micro-batch
+    and first step (docs/benchmarks.md, section 3). `requested`: None decides, False keeps
+    TRL's padded rows, True refuses to start where packing is impossible."""
     if requested is False:
         return PackingChoice(False, "off as requested (dpo.packing: false)")
     text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else None
@@ -82,8 +87,8 @@ def choose_packing(
         blockers.append(f"model type {model_type} (packed: {', '.join(PACKABLE_MODEL_TYPES)})")
     elif _sliding_layers(model_config):
         blockers.append("sliding-window attention layers")
-    if device == "cuda" and not flex_available:
-        blockers.append("no flex attention in this torch")
+    if device == "cuda" and not (flex_available or varlen_available):
+        blockers.append("neither flash attention's varlen kernel nor flex attention usable")
     if blockers:
         if requested:
             raise PackingUnsupportedError(
@@ -92,12 +97,18 @@ def choose_packing(
                 + ". Leave dpo.packing unset to fall back to padded batches"
             )
         return PackingChoice(False, "off: " + "; ".join(blockers))
-    attention = PACKED_FLEX_ATTENTION if device == "cuda" else "sdpa"
-    kind = "block" if device == "cuda" else "dense"
+    if device != "cuda":
+        attention, how_masked = "sdpa", "sdpa with a dense mask"
+    elif varlen_available:
+        attention = PACKED_VARLEN_ATTENTION
+        how_masked = f"{attention}: flash attention's varlen kernel, a sequence a segment"
+    else:
+        attention = PACKED_FLEX_ATTENTION
+        how_masked = f"{attention} with a block mask (no varlen flash kernel for this card/dtype)"
     how = "as requested" if requested else "auto"
     return PackingChoice(
         True,
-        f"on ({how}): prompt once a pair, pairs end to end, {attention} with a {kind} mask",
+        f"on ({how}): prompt once a pair, pairs end to end, {how_masked}",
         attn_implementation=attention,
     )
 
@@ -110,22 +121,29 @@ def packed_batch_limits(
     longest_pair_tokens: int,
     requested_micro_batch: int | None,
 ) -> PackingChoice:
-    """The packed micro-batch: at most the positions the memory plan sized its micro-batch
-    for (`micro_batch` padded pairs of two rows of the longest pair), and at most
-    MAX_AUTO_MICRO_BATCH pairs (more would only cut the optimiser steps of an epoch; the
-    same cap as the padded plan). A packed pair takes fewer positions than a padded one (no
-    second prompt, no padding), so more of them fit the same memory. On CPU, or with a
-    micro-batch set in the spec, a micro-batch is that many pairs, as unpacked."""
+    """The packed micro-batch: at most the positions whose activations the memory plan fits
+    (`plan.activation_positions`; at least its `micro_batch` padded pairs of two rows of the
+    longest pair), and at most MAX_AUTO_MICRO_BATCH pairs (more would only cut the optimiser
+    steps of an epoch; the same cap as the padded plan). The padded plan rounds down to whole
+    pairs of the longest length: at the 32B shape with a 901-token longest pair it fits one,
+    1,802 positions, where 3,000 fit. On CPU, or with a micro-batch set in the spec, a
+    micro-batch is that many pairs, as unpacked."""
     if not choice.enabled:
         return choice
-    budget = plan.micro_batch * 2 * max(1, longest_pair_tokens)
+    padded = plan.micro_batch * 2 * max(1, longest_pair_tokens)
+    budget = max(padded, plan.activation_positions or 0)
     if device != "cuda" or requested_micro_batch is not None:
         pairs = plan.micro_batch
         reason = f"{choice.reason}; {pairs} pairs a micro-batch"
         return PackingChoice(True, reason, choice.attn_implementation, None, pairs)
     pairs = max(plan.micro_batch, MAX_AUTO_MICRO_BATCH)
+    sized = (
+        f"the activations the plan fits, against its {plan.micro_batch} x 2 x "
+        f"{longest_pair_tokens} padded"
+        if budget > padded
+        else f"the plan's {plan.micro_batch} x 2 x {longest_pair_tokens}"
+    )
     reason = (
-        f"{choice.reason}; micro-batches of up to {budget} positions (the plan's "
-        f"{plan.micro_batch} x 2 x {longest_pair_tokens}) and {pairs} pairs"
+        f"{choice.reason}; micro-batches of up to {budget} positions ({sized}) and {pairs} pairs"
     )
     return PackingChoice(True, reason, choice.attn_implementation, budget, pairs)

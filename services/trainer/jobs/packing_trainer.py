@@ -38,7 +38,7 @@ from services.trainer.jobs.packing import (
     packed_logps,
     takes_block_mask,
 )
-from services.trainer.jobs.packing_plan import PackingChoice
+from services.trainer.jobs.packing_plan import PACKED_VARLEN_ATTENTION, PackingChoice
 
 
 class PrepassTiming:
@@ -123,15 +123,17 @@ class PackedBatchSampler(Sampler[list[int]]):
 
 class PackedCollator:
     """Dataset rows (TRL's `prompt_ids`, `chosen_ids`, `rejected_ids`) -> one packed row.
-    `multiple_of`: FLEX_BLOCK for flex attention's tiles, 1 otherwise."""
+    `multiple_of`: FLEX_BLOCK for flex attention's tiles, 1 otherwise; `varlen`: with the
+    row's variable-length layout (built here, on the host, so no step waits to read it)."""
 
-    def __init__(self, pad_token_id: int, multiple_of: int = 1) -> None:
+    def __init__(self, pad_token_id: int, multiple_of: int = 1, varlen: bool = False) -> None:
         self.pad_token_id = pad_token_id
         self.multiple_of = multiple_of
+        self.varlen = varlen
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = [PairIds(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in rows]
-        batch = pack(pairs, self.pad_token_id, self.multiple_of)
+        batch = pack(pairs, self.pad_token_id, self.multiple_of, self.varlen)
         batch["pair_index"] = torch.tensor([int(r["row_index"]) for r in rows])
         return batch
 
@@ -204,9 +206,11 @@ def make_packed_trainer_class() -> Any:
             return self._batches
 
         def _collator(self) -> PackedCollator:
-            multiple = FLEX_BLOCK if takes_block_mask(self.packing.attn_implementation) else 1
+            attention = self.packing.attn_implementation
+            multiple = FLEX_BLOCK if takes_block_mask(attention) else 1
             tokenizer: Any = self.processing_class
-            return PackedCollator(tokenizer.pad_token_id, multiple)
+            varlen = attention == PACKED_VARLEN_ATTENTION
+            return PackedCollator(tokenizer.pad_token_id, multiple, varlen)
 
         def get_train_dataloader(self) -> Any:
             lengths = row_lengths(self.train_dataset)

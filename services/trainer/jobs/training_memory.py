@@ -94,6 +94,9 @@ class MemoryPlan:
     reason: str
     free_bytes: int | None = None
     estimated_peak_bytes: int | None = None
+    activation_positions: int | None = None
+    """Positions whose activations fit the plan's budget (GPU only): what a packed
+    micro-batch may hold, where no position is padding or a second prompt."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -232,9 +235,11 @@ def plan_memory(
 
     capacity = fits(checkpointing)
     peak_fixed, peak_per_pair = fixed, per_pair(checkpointing)
+    positions_budget = budget
     if checkpointing and margin_capacity > capacity:
         capacity = margin_capacity
         peak_fixed, peak_per_pair = state, margin_per_pair
+        positions_budget = margin_budget
         why += (
             f"; planned against free memory minus a {_CHECKPOINTED_MARGIN_BYTES / 1e9:.0f} GB"
             f" margin (up to {MAX_CHECKPOINTED_MICRO_BATCH} pairs)"
@@ -257,6 +262,7 @@ def plan_memory(
         reason=why,
         free_bytes=free_bytes,
         estimated_peak_bytes=peak_fixed + micro * peak_per_pair,
+        activation_positions=max(0, positions_budget) // (peak_per_pair // tokens_per_pair),
     )
 
 

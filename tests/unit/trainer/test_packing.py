@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from services.trainer.jobs.packed_varlen import VarlenLayout
 from services.trainer.jobs.packing import (
     CHOSEN,
     FLEX_BLOCK,
@@ -26,9 +27,9 @@ from services.trainer.jobs.packing import (
     dense_mask,
     pack,
     packed_logps,
-    register_packed_flex_attention,
+    register_packed_attentions,
 )
-from services.trainer.jobs.packing_plan import PACKED_FLEX_ATTENTION
+from services.trainer.jobs.packing_plan import PACKED_FLEX_ATTENTION, PACKED_VARLEN_ATTENTION
 from services.trainer.jobs.packing_trainer import (
     PackedBatchSampler,
     packed_batches,
@@ -53,8 +54,8 @@ def lora_model(tiny_model: Path, attn: str = "sdpa") -> Any:
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    if attn == PACKED_FLEX_ATTENTION:
-        register_packed_flex_attention()
+    if attn in (PACKED_FLEX_ATTENTION, PACKED_VARLEN_ATTENTION):
+        register_packed_attentions()
     model = AutoModelForCausalLM.from_pretrained(
         tiny_model, dtype=torch.float32, attn_implementation=attn
     )
@@ -85,10 +86,10 @@ def unpacked_per_token(model: Any, pair: PairIds, answer: list[int]) -> torch.Te
 def assert_packed_equals_unpacked(model: Any, pairs: list[PairIds], attn: str) -> None:
     # Padding changes nothing; a block mask needs whole tiles.
     multiple = FLEX_BLOCK if attn == PACKED_FLEX_ATTENTION else 16
-    batch = pack(pairs, pad_token_id=0, multiple_of=multiple)
+    batch = pack(pairs, pad_token_id=0, multiple_of=multiple, varlen=True)
     with torch.no_grad():
         packed = packed_logps(model, batch, attention_mask(batch, attn, torch.float32))
-        if attn == PACKED_FLEX_ATTENTION:  # it takes packed rows only; the plain ones: sdpa
+        if attn in (PACKED_FLEX_ATTENTION, PACKED_VARLEN_ATTENTION):  # packed rows only
             model.get_base_model().set_attn_implementation("sdpa")
         for index, pair in enumerate(pairs):
             for kind, answer in ((CHOSEN, pair.chosen), (REJECTED, pair.rejected)):
@@ -101,11 +102,13 @@ def assert_packed_equals_unpacked(model: Any, pairs: list[PairIds], attn: str) -
     torch.testing.assert_close(packed.rejected, plain.rejected, atol=0, rtol=1e-6)
 
 
-# PACKED_FLEX_ATTENTION is the CUDA path; on CPU it runs flex attention's eager reference,
-# which checks the block mask, the shared KV heads (the tiny model has 2 query heads, 1 KV)
-# and the layout the function hands back. Eager flex has no backward on CPU: its gradients
-# are checked on the GPU (python -m bench train-packing-check).
-@pytest.mark.parametrize("attn", ["sdpa", "eager", PACKED_FLEX_ATTENTION])
+# PACKED_FLEX_ATTENTION and PACKED_VARLEN_ATTENTION are the CUDA paths. On CPU flex runs
+# its eager reference, which checks the block mask, the shared KV heads (the tiny model has
+# 2 query heads, 1 KV) and the layout the function hands back; varlen runs its segments
+# through sdpa, which checks the layout (the gathered keys, the bottom-right causal mask).
+# Eager flex has no backward on CPU: its gradients, and both CUDA kernels, are checked on
+# the GPU (python -m bench train-packing-check).
+@pytest.mark.parametrize("attn", ["sdpa", "eager", PACKED_FLEX_ATTENTION, PACKED_VARLEN_ATTENTION])
 def test_packed_log_probs_equal_unpacked_ones_with_the_adapter(tiny_model: Path, attn: str) -> None:
     assert_packed_equals_unpacked(lora_model(tiny_model, attn), random_pairs(7, seed=1), attn)
 
@@ -115,6 +118,45 @@ def test_packed_flex_attention_refuses_a_dense_mask(tiny_model: Path) -> None:
     batch = pack(random_pairs(2, seed=6), pad_token_id=0, multiple_of=FLEX_BLOCK)
     with pytest.raises(TypeError, match="BlockMask"):
         packed_logps(model, batch, attention_mask(batch, "sdpa", torch.float32))
+
+
+def test_packed_varlen_attention_refuses_a_row_without_its_layout(tiny_model: Path) -> None:
+    model = lora_model(tiny_model, PACKED_VARLEN_ATTENTION)
+    batch = pack(random_pairs(2, seed=6), pad_token_id=0)
+    with pytest.raises(ValueError, match="varlen=True"):
+        attention_mask(batch, PACKED_VARLEN_ATTENTION, torch.float32)
+    with pytest.raises(TypeError, match="VarlenLayout"):
+        packed_logps(model, batch, attention_mask(batch, "sdpa", torch.float32))
+
+
+def test_varlen_layout_is_one_sequence_a_segment() -> None:
+    batch = pack([PairIds([5, 6, 7], [8, 9], [10]), PairIds([4], [3], [2, 1])], 0, 4, True)
+    # [5 6 | 7 8 9 | 7 10 | 4 3 | 4 2 1 | pad]: the second prompt has no shared part.
+    layout: VarlenLayout = batch["varlen"]
+    assert layout.cu_seq_q.tolist() == [0, 2, 5, 7, 9, 12]
+    # Keys a segment: shared [0 1]; chosen [0 1 | 2 3 4]; rejected [0 1 | 5 6]; then [7 8]
+    # and [9 10 11] (no shared part to see).
+    segments = [[0, 1], [0, 1, 2, 3, 4], [0, 1, 5, 6], [7, 8], [9, 10, 11]]
+    assert layout.key_index.tolist() == [k for keys in segments for k in keys]
+    assert layout.cu_seq_k.tolist() == [0, 2, 7, 11, 13, 16]
+    assert (layout.max_q, layout.max_k) == (3, 5)
+    assert batch["input_ids"].numel() == 12  # a multiple of 4: no padding segment
+
+
+def test_varlen_gradients_equal_the_dense_masks(tiny_model: Path) -> None:
+    # The packed step's backward through the gathered keys: LoRA gradients as with sdpa.
+    model = lora_model(tiny_model, PACKED_VARLEN_ATTENTION)
+    batch = pack(random_pairs(5, seed=7), pad_token_id=0, varlen=True)
+    grads = {}
+    for attn in ("sdpa", PACKED_VARLEN_ATTENTION):
+        model.get_base_model().set_attn_implementation(attn)
+        model.zero_grad()
+        logps = packed_logps(model, batch, attention_mask(batch, attn, torch.float32))
+        (logps.chosen.sum() - 0.5 * logps.rejected.sum()).backward()
+        grads[attn] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["sdpa"].keys() == grads[PACKED_VARLEN_ATTENTION].keys() != set()
+    for name, grad in grads["sdpa"].items():
+        torch.testing.assert_close(grads[PACKED_VARLEN_ATTENTION][name], grad, atol=1e-5, rtol=1e-4)
 
 
 def test_packed_log_probs_equal_unpacked_ones_without_the_adapter(tiny_model: Path) -> None:

@@ -9,6 +9,7 @@ from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
 
 from services.trainer.jobs.packing_plan import (
     PACKED_FLEX_ATTENTION,
+    PACKED_VARLEN_ATTENTION,
     PackingChoice,
     PackingUnsupportedError,
     choose_packing,
@@ -31,7 +32,7 @@ def decide(requested: bool | None = None, **overrides: Any) -> PackingChoice:
 def test_packs_qwen_and_llama_by_default_with_flex_on_cuda_and_sdpa_on_cpu() -> None:
     gpu = decide()
     assert gpu.enabled and gpu.attn_implementation == PACKED_FLEX_ATTENTION
-    assert "auto" in gpu.reason
+    assert "auto" in gpu.reason and "no varlen flash kernel" in gpu.reason
     cpu = decide(device="cpu", model_config=LlamaConfig(), loss_types=["sigmoid", "sft"])
     assert cpu.enabled and cpu.attn_implementation == "sdpa"
 
@@ -43,7 +44,7 @@ def test_packs_qwen_and_llama_by_default_with_flex_on_cuda_and_sdpa_on_cpu() -> 
         ({"loss_types": ["ipo"]}, "loss type ipo"),
         ({"model_config": Gemma3TextConfig()}, "model type gemma3_text"),
         ({"model_config": Qwen2Config(use_sliding_window=True)}, "sliding-window"),
-        ({"flex_available": False}, "no flex attention"),
+        ({"flex_available": False}, "nor flex attention usable"),
     ],
 )
 def test_stays_unpacked_where_it_cannot_pack_and_says_why(
@@ -52,6 +53,16 @@ def test_stays_unpacked_where_it_cannot_pack_and_says_why(
     choice = decide(**overrides)
     assert not choice.enabled
     assert why in choice.reason
+
+
+def test_flash_varlen_comes_first_on_cuda_where_usable() -> None:
+    # Prebuilt kernels: nothing to compile at a job's first micro-batch (flex compiles).
+    for flex in (True, False):
+        gpu = decide(varlen_available=True, flex_available=flex)
+        assert gpu.enabled and gpu.attn_implementation == PACKED_VARLEN_ATTENTION
+        assert "varlen kernel" in gpu.reason
+    cpu = decide(device="cpu", varlen_available=True)
+    assert cpu.attn_implementation == "sdpa"
 
 
 def test_the_spec_can_turn_it_off_and_insist_on_it() -> None:
@@ -75,6 +86,22 @@ def test_gpu_micro_batches_take_the_positions_the_plan_sized_and_more_pairs() ->
     assert limits.token_budget == 11 * 2 * 900
     assert limits.max_pairs == MAX_AUTO_MICRO_BATCH
     assert "19800 positions" in limits.reason
+
+
+def test_gpu_micro_batches_take_the_positions_the_plans_activations_fit() -> None:
+    # One padded pair of 901 tokens fits (1,802 positions), but activations for 3,000 do.
+    fits = MemoryPlan(
+        micro_batch=1,
+        gradient_checkpointing=False,
+        precompute_ref_batch_size=4,
+        reason="",
+        activation_positions=3000,
+    )
+    limits = packed_batch_limits(
+        decide(), fits, device="cuda", longest_pair_tokens=901, requested_micro_batch=None
+    )
+    assert limits.token_budget == 3000
+    assert "3000 positions (the activations the plan fits" in limits.reason
 
 
 def test_cpu_and_requested_micro_batches_stay_pair_counts() -> None:
