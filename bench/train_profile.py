@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
     ceiling = _matmul_ceiling()
     shape = SHAPES[args.shape]
     work = Path(tempfile.mkdtemp(prefix="cai-profile-"))
-    _prepare(shape, make_pairs(args.pairs, shape.vocab_size, LengthProfile(), args.seed), work)
+    pairs = make_pairs(args.pairs, shape.vocab_size, LengthProfile(), args.seed)
+    _prepare(shape, pairs, [], work)
 
     def load_random(path: str, dtype: str, device: str, load_in_4bit: bool) -> Any:
         return random_model(path, dtype, device, args.seed)

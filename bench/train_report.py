@@ -7,6 +7,7 @@ prints them as the tables pasted there.
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any, Protocol
 
@@ -40,6 +41,18 @@ def _lengths(values: list[int]) -> dict[str, float]:
     return {"min": min(values), "mean": statistics.fmean(values), "max": max(values)}
 
 
+def extrapolated_epoch(result: dict[str, Any], epoch_tokens: int) -> float:
+    """A plain run stopped after its first steps (`--plain-steps`): its whole epoch, taken as
+    its time to the end of step 1 (construction, TRL's dataset work, the first kernels) plus
+    its later steps' time per token over the epoch's remaining tokens. Steps cost in
+    proportion to their tokens at these lengths (their tokens are drawn from one profile)."""
+    prefix = result["prefix"]
+    later_seconds = result["wall_seconds"] - prefix["to_step1_seconds"]
+    later_tokens = prefix["tokens"] - prefix["step1_tokens"]
+    remaining = epoch_tokens - prefix["step1_tokens"]
+    return float(prefix["to_step1_seconds"] + later_seconds * remaining / later_tokens)
+
+
 def summarise(
     *,
     shape_name: str,
@@ -55,7 +68,11 @@ def summarise(
     runs: dict[str, Any] = {}
     for name, result in results.items():
         run = dict(result)
-        wall = result.get("wall_seconds")
+        if result.get("prefix") and "error" not in result:
+            run["measured_wall_seconds"] = result["wall_seconds"]
+            run["wall_seconds"] = extrapolated_epoch(result, tokens)
+            run["extrapolated"] = True
+        wall = run.get("wall_seconds")
         if wall and "error" not in result:
             run["tokens_per_second"] = tokens / wall
             run["model_flops"] = epoch_flops
@@ -71,6 +88,15 @@ def summarise(
         if packing.get("enabled") and positions and wall and peak_flops and "error" not in result:
             # The work the packed job really does: each prompt once, flex padding included.
             run["work_flop_utilisation"] = flops.flops(positions, completion) / wall / peak_flops
+        if result.get("heldout"):
+            accuracy, count = (
+                result["heldout"]["eval/pair_accuracy"],
+                result["heldout"]["eval/pairs"],
+            )
+            run["heldout"] = {
+                **result["heldout"],
+                "eval/pair_accuracy_sem": math.sqrt(accuracy * (1 - accuracy) / count),
+            }
         curve = result.get("curve") or []
         run["loss_bins"] = _binned(curve, "loss")
         run["accuracy_bins"] = _binned(curve, "rewards/accuracies")
@@ -130,8 +156,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             if "error" in run:
                 lines.append(f"| {run_name} | failed: {run['error'][:120]} |||||||||||| ")
                 continue
+            prefix = run.get("prefix")
+            stopped = f" (extrapolated from {prefix['steps']} steps)" if prefix else ""
             lines.append(
-                f"| {run_name} | {_fmt(run.get('wall_seconds'), '.1f')} "
+                f"| {run_name} | {_fmt(run.get('wall_seconds'), '.1f')}{stopped} "
                 f"| {_fmt(run.get('prepass_seconds'), '.1f')} "
                 f"| {_fmt(run.get('tokens_per_second'), ',.0f')} "
                 f"| {_fmt(run.get('flop_utilisation'), '.1%')} "
@@ -149,6 +177,16 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append("")
                 ratio = shape[f"speedup_{kind}"]
                 lines.append(f"Speed-up project-{kind} / plain: **{ratio:.2f}×**")
+        heldout = {n: r["heldout"] for n, r in shape["runs"].items() if r.get("heldout")}
+        if heldout:
+            lines.append("")
+            scores = ", ".join(
+                f"{n} {h['eval/pair_accuracy']:.3f} ± {h['eval/pair_accuracy_sem']:.3f} "
+                f"(margin {h['eval/margin']:.4f})"
+                for n, h in heldout.items()
+            )
+            pairs = int(next(iter(heldout.values()))["eval/pairs"])
+            lines.append(f"Held-out pair accuracy ({pairs} pairs, ± binomial s.e.): {scores}")
         lines.append("")
         lines.append("Loss (mean ± s.e.m.) by tenth of the epoch:")
         lines.append("")

@@ -56,6 +56,9 @@ from services.trainer.compile_cache import compile_cache_env
 logger = logging.getLogger(__name__)
 
 DEFAULT_PAIRS = {"7b": 900, "32b": 100, "tiny": 24}
+# Held-out pairs (another seed, the same profile), scored after training by both runs with
+# the job's own scorer (training_eval.heldout_metrics), outside the timed epoch.
+HELDOUT_PAIRS = {"7b": 100, "32b": 100, "tiny": 8}
 # H100 SXM dense bf16 peak (datasheet); this workplace measured 798 TFLOP/s for one large
 # bf16 matmul on its H100s (KINDS.md), so 80% is about the ceiling of real work.
 PEAK_FLOPS = {"cuda": 989.4e12}
@@ -110,8 +113,12 @@ class _PaddingCounter:
     def __init__(self) -> None:
         self.phase = "prepass"
         self.counts: dict[str, dict[str, int]] = {}
+        # Real tokens of each training batch in order (a stopped plain run: what it consumed).
+        self.train_batch_tokens: list[int] = []
 
     def add(self, positions: int, tokens: int) -> None:
+        if self.phase == "train":
+            self.train_batch_tokens.append(tokens)
         slot = self.counts.setdefault(self.phase, {"batches": 0, "positions": 0, "tokens": 0})
         slot["batches"] += 1
         slot["positions"] += positions
@@ -155,7 +162,11 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _run_plain(work: Path, device: str, seed: int, counter: _PaddingCounter) -> dict[str, Any]:
+def _run_plain(
+    work: Path, device: str, seed: int, counter: _PaddingCounter, max_steps: int | None = None
+) -> dict[str, Any]:
+    """Plain TRL over the whole epoch, or (`max_steps`) over its first steps only: then the
+    result's `prefix` holds what `train_report.extrapolated_epoch` needs."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
@@ -170,10 +181,16 @@ def _run_plain(work: Path, device: str, seed: int, counter: _PaddingCounter) -> 
     model = random_model(model_dir, "bfloat16" if on_gpu else "float32", device, seed)
     dataset = Dataset.from_list(_read_rows(work / "pairs.jsonl"))
     curve: list[dict[str, float]] = []
+    step_ended: dict[int, float] = {}
 
     class Recorder(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             counter.phase = "train"
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == 1:
+                _sync(device)  # step 1's kernels have run, not only been queued
+                step_ended[1] = time.monotonic()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if logs and "loss" in logs:
@@ -187,8 +204,9 @@ def _run_plain(work: Path, device: str, seed: int, counter: _PaddingCounter) -> 
         learning_rate=project.learning_rate,
         beta=project.beta,
         warmup_steps=project.warmup_ratio,
-        # One epoch like the job (transformers' default is 3).
+        # One epoch like the job (transformers' default is 3), or its first steps.
         num_train_epochs=1,
+        max_steps=max_steps or -1,
         seed=seed,
         logging_steps=1,
         report_to=[],
@@ -216,9 +234,24 @@ def _run_plain(work: Path, device: str, seed: int, counter: _PaddingCounter) -> 
     trainer.train()
     _sync(device)
     wall = time.monotonic() - started
+    counter.phase = "heldout"
+    heldout = _plain_heldout(trainer, tokenizer, work / "heldout.jsonl", project)
+    prefix = None
+    if max_steps:
+        steps = trainer.state.global_step
+        # The data loader fetches a batch ahead: the counter may hold one never trained on.
+        consumed = counter.train_batch_tokens[:steps]
+        prefix = {
+            "steps": steps,
+            "tokens": sum(consumed),
+            "step1_tokens": consumed[0],
+            "to_step1_seconds": step_ended[1] - started,
+        }
     return {
         "wall_seconds": wall,
         "prepass_seconds": constructed - started,
+        "prefix": prefix,
+        "heldout": heldout,
         "curve": curve,
         "config": {
             "micro_batch": PLAIN_BATCH,
@@ -228,6 +261,26 @@ def _run_plain(work: Path, device: str, seed: int, counter: _PaddingCounter) -> 
             "learning_rate": args.learning_rate,
         },
     }
+
+
+def _plain_heldout(trainer: Any, tokenizer: Any, path: Path, project: Any) -> dict[str, float]:
+    """Plain TRL's adapter scored on the held-out pairs as the job scores its own: the
+    adapter against the base (TRL's reference here), TRL's padded rows."""
+    from services.trainer.jobs.training_data import tokenize_pair
+    from services.trainer.jobs.training_eval import heldout_metrics
+
+    rows = _read_rows(path)
+    pairs = [tokenize_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    return heldout_metrics(
+        trainer.model,
+        [p for p in pairs if p.length <= project.max_length],
+        beta=project.beta,
+        pad_token_id=tokenizer.pad_token_id,
+        batch_size=PLAIN_BATCH,
+        device=trainer.accelerator.device,
+        reference_adapter=None,
+        autocast=trainer.accelerator.autocast,
+    )
 
 
 def apply_proposed_fixes(dpo: Any) -> None:
@@ -298,6 +351,13 @@ def _run_project(
 
     # The one substitution: weights come from the seed, not from a checkpoint on disk.
     dpo._load_base_model = load_random  # type: ignore[assignment]
+    score_heldout = dpo.heldout_pair_metrics
+
+    def heldout_phase(*args: Any, **kwargs: Any) -> Any:
+        counter.phase = "heldout"  # its batches are not the epoch's
+        return score_heldout(*args, **kwargs)
+
+    dpo.heldout_pair_metrics = heldout_phase
     curve: list[dict[str, float]] = []
 
     def emit(progress: JobProgress) -> None:
@@ -322,6 +382,7 @@ def _run_project(
         output_dir=work / "project-adapter",
         base_model_path=str(work / "model"),
         train_path=work / "pairs.jsonl",
+        eval_path=work / "heldout.jsonl",
         device=device,
         emit=emit,
     )
@@ -334,6 +395,7 @@ def _run_project(
         "wall_seconds": metrics["wall_seconds"],
         "prepass_seconds": metrics["reference_prepass_seconds"],
         "job_tokens_per_second": metrics["tokens_per_second"],
+        "heldout": {k: v for k, v in metrics.items() if k.startswith("eval/")},
         "curve": curve,
         "config": {
             key: config.get(key)
@@ -391,7 +453,14 @@ def _memory(device: str) -> dict[str, float]:
     }
 
 
-def run_worker(kind: str, work: Path, device: str, seed: int, result_path: Path) -> int:
+def run_worker(
+    kind: str,
+    work: Path,
+    device: str,
+    seed: int,
+    result_path: Path,
+    plain_steps: int | None = None,
+) -> int:
     """One run in this process; writes its figures (or its error) to `result_path`."""
     counter = _PaddingCounter()
     counter.install()
@@ -403,7 +472,7 @@ def run_worker(kind: str, work: Path, device: str, seed: int, result_path: Path)
         out["gpu"] = torch.cuda.get_device_name()
     try:
         if kind == "plain":
-            out.update(_run_plain(work, device, seed, counter))
+            out.update(_run_plain(work, device, seed, counter, plain_steps))
         else:
             out.update(_run_project(work, device, seed, counter, fixed=kind == "project-fixed"))
     except Exception as exc:  # an OOM is a result too: record it, the other run goes on
@@ -419,11 +488,12 @@ def run_worker(kind: str, work: Path, device: str, seed: int, result_path: Path)
 # ---------------------------------------------------------------- parent: the benchmark
 
 
-def _prepare(shape: Shape, pairs: list[Pair], work: Path) -> None:
+def _prepare(shape: Shape, pairs: list[Pair], heldout: list[Pair], work: Path) -> None:
     # A --work reused from an earlier invocation must not hand its kernels to this one's runs.
     shutil.rmtree(work / "compile-cache", ignore_errors=True)
     write_model_dir(shape, work / "model")
     write_pairs(pairs, shape.vocab_size, work / "pairs.jsonl")
+    write_pairs(heldout, shape.vocab_size, work / "heldout.jsonl")
 
 
 def _cache_env(kind: str, work: Path) -> dict[str, str]:
@@ -434,7 +504,9 @@ def _cache_env(kind: str, work: Path) -> dict[str, str]:
     return compile_cache_env(work / "compile-cache" / owner)
 
 
-def _spawn(kind: str, shape: str, work: Path, device: str, seed: int) -> dict[str, Any]:
+def _spawn(
+    kind: str, shape: str, work: Path, device: str, seed: int, plain_steps: int | None
+) -> dict[str, Any]:
     result_path = work / f"result-{kind}.json"
     command = [
         sys.executable,
@@ -452,6 +524,8 @@ def _spawn(kind: str, shape: str, work: Path, device: str, seed: int) -> dict[st
         "--seed",
         str(seed),
     ]
+    if kind == "plain" and plain_steps:
+        command += ["--plain-steps", str(plain_steps)]
     logger.info("starting the %s run at the %s shape", kind, shape)
     env = {**os.environ, **_cache_env(kind, work)}
     code = subprocess.run(command, check=False, env=env).returncode
@@ -509,6 +583,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
             "or one of the job's own two (flex over a block mask, flash varlen)"
         ),
     )
+    parser.add_argument(
+        "--plain-steps",
+        type=int,
+        default=None,
+        help=(
+            "plain TRL stops after this many steps; its epoch is extrapolated from them by "
+            "tokens (for shapes whose plain epoch outlasts a device call)"
+        ),
+    )
     parser.add_argument("--device", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=RUNS, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -518,7 +601,12 @@ def main(argv: list[str]) -> int:
     args = _parse(argv)
     if args.worker is not None:
         return run_worker(
-            args.worker, args.work, args.device, args.seed, args.work / f"result-{args.worker}.json"
+            args.worker,
+            args.work,
+            args.device,
+            args.seed,
+            args.work / f"result-{args.worker}.json",
+            args.plain_steps,
         )
     import torch
 
@@ -540,9 +628,11 @@ def main(argv: list[str]) -> int:
         profile = SMOKE_PROFILE if name == "tiny" else LengthProfile()
         count = args.pairs or DEFAULT_PAIRS[name]
         pairs = make_pairs(count, shape.vocab_size, profile, args.seed)
+        # Another stream of the same profile: no held-out pair is a training pair.
+        heldout = make_pairs(HELDOUT_PAIRS[name], shape.vocab_size, profile, args.seed + 10_000)
         work = scratch / name
         work.mkdir(parents=True, exist_ok=True)
-        _prepare(shape, pairs, work)
+        _prepare(shape, pairs, heldout, work)
         overrides: dict[str, Any] = {}
         if args.job_micro_batch is not None:
             overrides["per_device_train_batch_size"] = args.job_micro_batch
@@ -557,7 +647,9 @@ def main(argv: list[str]) -> int:
         if args.job_attention is not None:
             overrides["attention"] = args.job_attention
         (work / "job-overrides.json").write_text(json.dumps(overrides))
-        results = {run: _spawn(run, name, work, device, args.seed) for run in runs}
+        results = {
+            run: _spawn(run, name, work, device, args.seed, args.plain_steps) for run in runs
+        }
         report["shapes"][name] = summarise(
             shape_name=name,
             pairs=pairs,

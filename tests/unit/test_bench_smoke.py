@@ -91,10 +91,48 @@ def test_smoke_run_measures_both_trainers_on_cpu(tmp_path: Path) -> None:
         assert run["tokens_per_second"] > 0
         assert run["curve"], f"{name} logged no loss"
         assert run["padding"]["train"]["tokens"] == shape["tokens"]
+        # Both trainers' adapters scored on the same 8 held-out pairs by the job's scorer.
+        assert run["heldout"]["eval/pairs"] == 8
+        assert 0.0 <= run["heldout"]["eval/pair_accuracy"] <= 1.0
+        assert run["heldout"]["eval/reference_pair_accuracy"] == 0.5
     assert shape["runs"]["plain"]["config"]["gradient_checkpointing"] is True
     assert shape["speedup"] > 0
     assert shape["speedup_warm"] > 0
-    assert "Speed-up project / plain" in (out / "train_throughput.md").read_text()
+    markdown = (out / "train_throughput.md").read_text()
+    assert "Speed-up project / plain" in markdown
+    assert "Held-out pair accuracy (8 pairs" in markdown
     # Every run compiled into caches of its own; the warm one into the project run's.
     caches = sorted(p.name for p in (work / "tiny" / "compile-cache").iterdir())
     assert caches == ["plain", "project"]
+
+
+def test_a_stopped_plain_run_is_extrapolated_by_its_later_steps_tokens() -> None:
+    from bench.train_report import extrapolated_epoch
+
+    # 10 s to the end of step 1 (100 tokens); 20 s more for the next 400 tokens: 0.05 s a
+    # token, so the epoch's other 1,900 tokens take 95 s.
+    result = {
+        "wall_seconds": 30.0,
+        "prefix": {"steps": 5, "tokens": 500, "step1_tokens": 100, "to_step1_seconds": 10.0},
+    }
+    assert extrapolated_epoch(result, epoch_tokens=2000) == pytest.approx(105.0)
+    # Stopped at the epoch's end it is the measured time.
+    assert extrapolated_epoch(result, epoch_tokens=500) == pytest.approx(30.0)
+
+
+@pytest.mark.slow
+def test_plain_steps_stops_plain_trl_and_reports_its_extrapolated_epoch(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["--smoke", "--runs", "plain", "--plain-steps", "2", "--out", str(out)]
+    assert main([*argv, "--work", str(tmp_path / "work")]) == 0
+    shape = json.loads((out / "train_throughput.json").read_text())["shapes"]["tiny"]
+    run = shape["runs"]["plain"]
+    assert "error" not in run, run.get("error")
+    assert run["prefix"]["steps"] == 2
+    assert len(run["curve"]) == 2
+    # Two batches of 4 of the 24 pairs: fewer tokens than the epoch's, more than one step's.
+    assert run["prefix"]["step1_tokens"] < run["prefix"]["tokens"] < shape["tokens"]
+    assert run["extrapolated"] is True
+    assert run["wall_seconds"] > run["measured_wall_seconds"]
+    assert run["tokens_per_second"] == pytest.approx(shape["tokens"] / run["wall_seconds"])
+    assert "extrapolated from 2 steps" in (out / "train_throughput.md").read_text()
