@@ -15,12 +15,14 @@ never sees the rejected one or the reverse. Each answer then sees exactly what i
 TRL's [P, C] / [P, R] rows, at the same positions, and gets the same per-token log-probs
 (tests/unit/trainer/test_packing.py checks them to 1e-5 in float32 on the tiny model).
 
-The mask is a dense boolean matrix on CPU (sdpa; eager gets it as additive floats) and a
-flex-attention `BlockMask` on CUDA, which skips the 128x128 tiles no query of the tile may
-see, so attention costs what each pair's own attention costs. On CUDA the model runs this
-module's `packed_flex_attention` rather than transformers' flex path (why: its docstring).
-The LM head runs only where a label exists (TRL's fused head with pre-shifted labels), in
-chunks.
+The mask is a dense boolean matrix on CPU (sdpa; eager gets it as additive floats). On CUDA
+the default is flash attention's variable-length kernel (packed_varlen.py): each answer
+segment a sequence whose keys are its prompt and itself, nothing to compile. Where that
+kernel is missing, a flex-attention `BlockMask`, which skips the 128x128 tiles no query of
+the tile may see, run by this module's `packed_flex_attention` rather than transformers'
+flex path (why: its docstring). Either way attention costs what each pair's own attention
+costs (packing_plan.choose_packing picks, and says why). The LM head runs only where a
+label exists (TRL's fused head with pre-shifted labels), in chunks.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ schedule, logging and PEFT handling, with this module's batches, log-prob step a
   run (`precompute_reference`), adapter disabled; otherwise a no-grad forward in every step.
   Same rows, same shapes and kernels as the policy's forward, so at step 1, where policy
   and reference are one model, the loss is ln 2: exactly in fp32 on CPU, within 6e-5 in bf16
-  on an H200 (0.693095 to 0.693169 in eight runs at the 7B and 32B shapes: flex attention
-  compiles its no-grad and its training forward separately), not the nat-sized offsets of
+  on an H200 (0.693095 to 0.693169 in eight runs with flex attention, which compiles its
+  no-grad and its training forward separately; 0.693102 to 0.693156 in nine with the
+  varlen kernel, 2026-12-03/04, bf16 sums in another order), not the nat-sized offsets of
   mismatched kernels (dpo_trainer.apply_liger_before_prepass).
 - Loss: TRL 1.16's `sigmoid` (and `sft`, for RPO) exactly: -logsigmoid(beta * margin)
   averaged over the micro-batch's pairs; the same metric names TRL logs.
