@@ -160,8 +160,12 @@ def main(argv: list[str]) -> int:
         "config": {k: result["config"].get(k) for k in ("micro_batch", "use_liger_kernel")},
         "wall_seconds": result["metrics"]["wall_seconds"],
         "prepass_seconds": result["metrics"]["reference_prepass_seconds"],
+        # The packed job's pre-pass (precompute_reference) is not hooked: its own log line
+        # times it. These count TRL's padded pre-pass only.
         "prepass_batches_seconds": sum(s for s, _ in prepass),
-        "prepass_positions_per_second": sum(n for _, n in prepass) / sum(s for s, _ in prepass),
+        "prepass_positions_per_second": (
+            sum(n for _, n in prepass) / sum(s for s, _ in prepass) if prepass else None
+        ),
         "prepass_batches": [{"seconds": s, "positions": n} for s, n in prepass],
         "training_step_median_seconds": statistics.median(s for s, _ in warm),
         "training_positions_per_second": sum(n for _, n in warm) / step_s,
