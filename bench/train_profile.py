@@ -170,6 +170,17 @@ def main(argv: list[str]) -> int:
         "training_step_median_seconds": statistics.median(s for s, _ in warm),
         "training_positions_per_second": sum(n for _, n in warm) / step_s,
         "training_steps_seconds": sum(s for s, _ in steps),
+        # Each step's time and size (step i ran with global_step i on entry); the profiled
+        # ones are PROFILE_STEPS, inclusive, and carry the profiler's overhead.
+        "training_steps": [
+            {
+                "step": index,
+                "seconds": seconds,
+                "positions": positions,
+                "profiled": PROFILE_STEPS[0] <= index <= PROFILE_STEPS[1],
+            }
+            for index, (seconds, positions) in enumerate(steps)
+        ],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "profile.json").write_text(json.dumps(summary, indent=1))
