@@ -28,11 +28,8 @@ from services.trainer.base_modules import WeightsUnreadable, linear_modules, tar
 from services.trainer.core.config import TrainerSettings
 from services.trainer.core.errors import BadRequest, Conflict, Unprocessable
 from services.trainer.datasets import DatasetLayout, shared_prompts
-from services.trainer.jobs.training_device import (
-    CPU_MICRO_BATCH,
-    MAX_AUTO_MICRO_BATCH,
-    bitsandbytes_importable,
-)
+from services.trainer.jobs.training_device import bitsandbytes_importable
+from services.trainer.jobs.training_memory import CPU_MICRO_BATCH, MAX_AUTO_MICRO_BATCH
 from services.trainer.models import ResolvedModel, resolve_base_model
 from services.trainer.store import Store, new_job_id
 

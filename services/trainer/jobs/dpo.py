@@ -78,15 +78,17 @@ from services.trainer.jobs.training_data import (
     load_pairs,
 )
 from services.trainer.jobs.training_device import (
-    ModelShape,
     bitsandbytes_optimizer_usable,
     choose_optimizer,
-    count_parameters,
     liger_importable,
-    plan_memory,
-    probe_free_gpu_bytes,
     use_cudnn_attention,
     use_liger_kernel,
+)
+from services.trainer.jobs.training_memory import (
+    ModelShape,
+    count_parameters,
+    plan_memory,
+    probe_free_gpu_bytes,
 )
 
 # PyTorch's own fused attention: works on CPU and CUDA and needs no extra package

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from services.trainer.jobs.training_device import MAX_AUTO_MICRO_BATCH, MemoryPlan
+from services.trainer.jobs.training_memory import MAX_AUTO_MICRO_BATCH, MemoryPlan
 
 # Attention families whose packed log-probs are checked against the unpacked ones (the tiny
 # test model is Qwen2; Qwen3 and Llama share its attention with custom 4-D masks and

@@ -15,7 +15,7 @@ from peft import LoraConfig
 
 from protocol.jobs import FORBIDDEN_TARGETS, DpoJobSpec, LoraSpec, parse_loss_types
 from services.trainer.jobs.packing_plan import PackingChoice
-from services.trainer.jobs.training_device import MemoryPlan
+from services.trainer.jobs.training_memory import MemoryPlan
 
 
 class TrainingConfigError(ValueError):

@@ -7,37 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from services.trainer.jobs.training_memory import (
-    CPU_MICRO_BATCH,
-    MAX_AUTO_MICRO_BATCH,
-    MemoryPlan,
-    ModelShape,
-    count_parameters,
-    plan_memory,
-    probe_free_gpu_bytes,
-    state_bytes,
-)
-
-# What dpo.py, submit.py, training_config.py and packing_plan.py import from here.
-__all__ = [
-    "CPU_MICRO_BATCH",
-    "MAX_AUTO_MICRO_BATCH",
-    "DeviceUnsupportedError",
-    "MemoryPlan",
-    "ModelShape",
-    "bitsandbytes_importable",
-    "bitsandbytes_optimizer_usable",
-    "check_quantization",
-    "choose_optimizer",
-    "count_parameters",
-    "liger_importable",
-    "plan_memory",
-    "probe_free_gpu_bytes",
-    "resolve_device",
-    "training_dtype",
-    "use_cudnn_attention",
-    "use_liger_kernel",
-]
+from services.trainer.jobs.training_memory import ModelShape, state_bytes
 
 # Above this share of the free memory taken by weights and fp32 LoRA state, `optimizer: auto`
 # keeps the Adam moments in 8 bits. 32B with r 64 on one 80 GB card: 74 GB of 84.5 (88%),
