@@ -535,6 +535,13 @@ def _spawn(
     return data
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench train-throughput")
     parser.add_argument("--shape", action="append", choices=sorted(SHAPES), help="repeatable")
@@ -585,7 +592,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--plain-steps",
-        type=int,
+        type=_positive,
         default=None,
         help=(
             "plain TRL stops after this many steps; its epoch is extrapolated from them by "
@@ -647,19 +654,24 @@ def main(argv: list[str]) -> int:
         if args.job_attention is not None:
             overrides["attention"] = args.job_attention
         (work / "job-overrides.json").write_text(json.dumps(overrides))
-        results = {
-            run: _spawn(run, name, work, device, args.seed, args.plain_steps) for run in runs
-        }
-        report["shapes"][name] = summarise(
-            shape_name=name,
-            pairs=pairs,
-            profile=profile,
-            flops=FlopModel.of(shape, 64),
-            peak_flops=PEAK_FLOPS.get(device),
-            results=results,
-        )
-        (args.out / "train_throughput.json").write_text(json.dumps(report, indent=1))
-    markdown = render_markdown(report)
-    (args.out / "train_throughput.md").write_text(markdown)
-    print(markdown)
+        results: dict[str, dict[str, Any]] = {}
+        for run in runs:
+            results[run] = _spawn(run, name, work, device, args.seed, args.plain_steps)
+            # After every run, not every shape: a call cut off by its time limit keeps the
+            # runs that finished.
+            report["shapes"][name] = summarise(
+                shape_name=name,
+                pairs=pairs,
+                profile=profile,
+                flops=FlopModel.of(shape, 64),
+                peak_flops=PEAK_FLOPS.get(device),
+                results=results,
+            )
+            _write_report(report, args.out)
+    print(render_markdown(report))
     return 0
+
+
+def _write_report(report: dict[str, Any], out: Path) -> None:
+    (out / "train_throughput.json").write_text(json.dumps(report, indent=1))
+    (out / "train_throughput.md").write_text(render_markdown(report))

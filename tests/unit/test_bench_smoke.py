@@ -136,3 +136,31 @@ def test_plain_steps_stops_plain_trl_and_reports_its_extrapolated_epoch(tmp_path
     assert run["wall_seconds"] > run["measured_wall_seconds"]
     assert run["tokens_per_second"] == pytest.approx(shape["tokens"] / run["wall_seconds"])
     assert "extrapolated from 2 steps" in (out / "train_throughput.md").read_text()
+
+
+def test_plain_steps_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--smoke", "--plain-steps", "0"])
+    assert stopped.value.code == 2
+    assert "must be 1 or more, got 0" in capsys.readouterr().err
+
+
+def test_a_run_that_finished_is_on_disk_when_a_later_one_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import bench.train_throughput as throughput
+
+    def spawn(kind: str, *args: object) -> dict[str, object]:
+        if kind == "project":  # the device call's time limit strikes here
+            raise KeyboardInterrupt
+        return {"run": kind, "wall_seconds": 2.0, "curve": [{"step": 1, "loss": 0.69}]}
+
+    monkeypatch.setattr(throughput, "_spawn", spawn)
+    out = tmp_path / "out"
+    argv = ["--smoke", "--runs", "plain,project", "--out", str(out), "--work", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    shape = json.loads((out / "train_throughput.json").read_text())["shapes"]["tiny"]
+    assert list(shape["runs"]) == ["plain"]
+    assert shape["runs"]["plain"]["tokens_per_second"] == pytest.approx(shape["tokens"] / 2.0)
+    assert "| plain | 2.0 " in (out / "train_throughput.md").read_text()
