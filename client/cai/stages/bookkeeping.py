@@ -1,10 +1,11 @@
 """What every step of `cai run` shares, and what the run writes about itself as it goes.
 
 `StageBookkeeping` holds the config, the clients and the reporter, and the run's own records:
-state.json after every step (`_save`; a run folder of another config is refused), a
-steps.jsonl row per step with its wall and GPU seconds and cost (`_record_step`), manifest.json
-after every stage (`_write_manifest`). The steps build on it: `GeneratorFleet` (cai.stages.
-serving), `TrainerJobs` (cai.stages.training), `StageRunner` (cai.stages.runner, the loop).
+state.json after every step (`save`; a run folder of another config is refused), a
+steps.jsonl row per step with its wall and GPU seconds and cost (`record_step`), manifest.json
+after every stage (`write_manifest`). The parts of a run are given it: `GeneratorFleet`
+(cai.stages.serving), `TrainerJobs` (cai.stages.training) and `StageRunner` (cai.stages.runner,
+the loop, which owns all three).
 """
 
 from __future__ import annotations
@@ -64,13 +65,13 @@ class StageBookkeeping:
             )
         return state
 
-    def _save(self) -> None:
+    def save(self) -> None:
         save_state(self.run_dir, self.state)
 
-    def _stage_dir(self, number: int) -> Path:
+    def stage_dir(self, number: int) -> Path:
         return stage_folder(self.run_dir, number)
 
-    def _record_step(self, stage: int, step: str, started: float, **extra: Any) -> None:
+    def record_step(self, stage: int, step: str, started: float, **extra: Any) -> None:
         wall = time.monotonic() - started
         row: dict[str, Any] = {"stage": stage, "step": step, "wall_s": round(wall, 3)}
         gpu_s = extra.pop("gpu_s", wall)
@@ -82,7 +83,7 @@ class StageBookkeeping:
         with (self.run_dir / STEPS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
 
-    def _write_manifest(self, summaries: dict[int, EvalSummary]) -> None:
+    def write_manifest(self, summaries: dict[int, EvalSummary]) -> None:
         stages = []
         for stage in self.state.stages:
             entry: dict[str, Any] = stage.model_dump(mode="json")

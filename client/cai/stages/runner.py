@@ -9,10 +9,11 @@ submitted with an idempotency key derived from its spec, so a run killed between
 and the save finds the same job again instead of training twice. The pipeline and the
 evaluation resume record by record on their own.
 
-This module is the loop and the steps that call the pipeline and the evaluation; the others
-stand apart: cai.stages.bookkeeping (state.json, steps.jsonl, manifest.json, `RunError`),
-cai.stages.serving (the generator fleet: publish, sleep, probe, base restart),
-cai.stages.training (the DPO and merge jobs), cai.stages.reporter (what a person sees).
+This module is the loop and the steps that call the pipeline and the evaluation. The runner
+owns one of each of the other parts, which stand apart: `book`, cai.stages.bookkeeping
+(state.json, steps.jsonl, manifest.json, `RunError`); `fleet`, cai.stages.serving (the
+generator fleet: publish, sleep, probe, base restart); `jobs`, cai.stages.training (the DPO
+and merge jobs); and the reporter, cai.stages.reporter (what a person sees).
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from cai.evaluation.records import EvalSummary, JudgeCheck
 from cai.generator import GeneratorClient
 from cai.pipeline import PipelineConfig, RunSummary, run_pipeline
 from cai.runfolder import step_path
-from cai.stages.bookkeeping import RunError
+from cai.stages.bookkeeping import RunError, StageBookkeeping
 from cai.stages.config import RunConfig, stage_pipeline_config
 from cai.stages.preflight import check_services
 from cai.stages.reporter import Reporter, SilentReporter
-from cai.stages.state import StageState
+from cai.stages.serving import GeneratorFleet
+from cai.stages.state import RunState, StageState
 from cai.stages.training import TrainerJobs
 from cai.trainer import TrainerClient
 from protocol.jobs import JobState
@@ -51,15 +53,36 @@ def _env_key(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-class StageRunner(TrainerJobs):
+class StageRunner:
     """The stage loop: judge check, baseline, then each stage's steps in order, each skipped
     when state.json says it is done."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        gen: GeneratorClient,
+        trainer: TrainerClient,
+        reporter: Reporter,
+        replicas: list[GeneratorClient] | None = None,
+    ) -> None:
+        self.config = config
+        self.gen = gen
+        self.trainer = trainer
+        self.reporter = reporter
+        self.run_dir = config.run_dir
+        self.book = StageBookkeeping(config, gen, trainer, reporter, replicas)
+        self.fleet = GeneratorFleet(self.book)
+        self.jobs = TrainerJobs(self.book, self.fleet)
+
+    @property
+    def state(self) -> RunState:
+        return self.book.state
 
     def pipeline_config(self, number: int, model: str) -> PipelineConfig:
         return stage_pipeline_config(self.config, number, model)
 
     async def run(self) -> RunResult:
-        for gen in self.gens:
+        for gen in self.book.gens:
             if await gen.is_sleeping():
                 # A run killed while its job trained leaves vLLM asleep; nothing else can run.
                 self.reporter.step(
@@ -67,17 +90,17 @@ class StageRunner(TrainerJobs):
                 )
                 await gen.wake_up()
         summaries: dict[int, EvalSummary] = {}
-        self.judge_check = await self.measure_judge()
+        self.book.judge_check = await self.measure_judge()
         summaries[0] = await self.baseline()
-        self._write_manifest(summaries)
+        self.book.write_manifest(summaries)
         for number in range(1, len(self.config.stages) + 1):
             summaries[number] = await self.run_stage(number)
-            self._write_manifest(summaries)
+            self.book.write_manifest(summaries)
         return RunResult(
             run_dir=self.run_dir,
             baseline=summaries[0],
             stages=[summaries[n] for n in range(1, len(self.config.stages) + 1)],
-            judge_check=self.judge_check,
+            judge_check=self.book.judge_check,
         )
 
     async def measure_judge(self) -> JudgeCheck | None:
@@ -100,7 +123,7 @@ class StageRunner(TrainerJobs):
             self.gen.complete, model=model, pipeline=pipeline, run_dir=self.run_dir
         )
         if cached is None:
-            self._record_step(
+            self.book.record_step(
                 0,
                 "judge check",
                 started,
@@ -126,8 +149,8 @@ class StageRunner(TrainerJobs):
         )
         if not already:
             self.state.baseline_done = True
-            self._save()
-            self._record_step(0, "baseline", started)
+            self.book.save()
+            self.book.record_step(0, "baseline", started)
         return summary
 
     async def run_stage(self, number: int) -> EvalSummary:
@@ -136,11 +159,11 @@ class StageRunner(TrainerJobs):
         chain = self.config.stages[number - 1].chain
         generating_model = previous.served_name if previous else self.config.generator.base_model
         assert generating_model is not None
-        stage_dir = self._stage_dir(number)
+        stage_dir = self.book.stage_dir(number)
 
         if not stage.generated:
             # Stage N-1's adapter was trained on the latest merged model: vLLM must serve it.
-            await self._ensure_generator_base(self._merged_base(number - 1))
+            await self.fleet.ensure_generator_base(self.jobs.merged_base(number - 1))
             await self._generate(number, stage, generating_model, stage_dir)
         if stage.train_dataset_id is None:
             await self._upload(number, stage, stage_dir)
@@ -149,14 +172,14 @@ class StageRunner(TrainerJobs):
         if previous is not None and chain == "continue":
             parent = previous.adapter
         elif previous is not None and chain == "merge":
-            await self._merge(number, stage, previous)
-        trainer_base = self._merged_base(number) or self.config.trainer.base_model
-        await self._ensure_generator_base(self._merged_base(number))
+            await self.jobs.merge(number, stage, previous)
+        trainer_base = self.jobs.merged_base(number) or self.config.trainer.base_model
+        await self.fleet.ensure_generator_base(self.jobs.merged_base(number))
 
         if stage.job_state != JobState.succeeded:
-            await self._train(number, stage, parent, trainer_base)
-        if stage.served_name is None or not await self._served(stage.served_name):
-            await self._publish(number, stage, trainer_base)
+            await self.jobs.train(number, stage, parent, trainer_base)
+        if stage.served_name is None or not await self.fleet.served(stage.served_name):
+            await self.fleet.publish_stage(number, stage)
         summary = await self._evaluate(number, stage, stage_dir)
         return summary
 
@@ -183,9 +206,9 @@ class StageRunner(TrainerJobs):
         stage.generated = True
         stage.train_pairs = summary.train_rows
         stage.test_pairs = summary.test_rows
-        self._save()
+        self.book.save()
         tokens = summary.tokens
-        self._record_step(
+        self.book.record_step(
             number,
             "generate",
             started,
@@ -210,8 +233,8 @@ class StageRunner(TrainerJobs):
                 test_path, name=f"{self.config.name}-s{number}-test"
             )
             stage.test_dataset_id = test.id
-        self._save()
-        self._record_step(number, "upload", started, gpu_s=0.0)
+        self.book.save()
+        self.book.record_step(number, "upload", started, gpu_s=0.0)
         self.reporter.step(
             number, "upload", f"train {stage.train_dataset_id}, test {stage.test_dataset_id}"
         )
@@ -243,8 +266,8 @@ class StageRunner(TrainerJobs):
         )
         if not stage.evaluated:
             stage.evaluated = True
-            self._save()
-            self._record_step(number, "evaluate", started)
+            self.book.save()
+            self.book.record_step(number, "evaluate", started)
         return summary
 
 

@@ -3,7 +3,7 @@
 A job is submitted with an idempotency key derived from its spec, so a run killed between the
 submit and the state save finds the same job again instead of training twice. Its progress
 events are appended to the stage's train_events.jsonl (a torn last line is rewritten on
-resume); the generators sleep while it holds the GPU (`GeneratorFleet._asleep`).
+resume); the generators sleep while it holds the GPU (`GeneratorFleet.asleep`).
 """
 
 from __future__ import annotations
@@ -14,84 +14,92 @@ import time
 from pathlib import Path
 
 from cai.runfolder import TRAIN_EVENTS_FILE, write_atomic
-from cai.stages.bookkeeping import RunError
-from cai.stages.config import stage_job_data
+from cai.stages.bookkeeping import RunError, StageBookkeeping
+from cai.stages.config import RunConfig, stage_job_data
 from cai.stages.serving import GeneratorFleet
 from cai.stages.state import StageState
 from protocol.jobs import DpoJobSpec, JobRecord, JobState, MergeJobSpec
 
 
-class TrainerJobs(GeneratorFleet):
+def stage_dpo_spec(
+    config: RunConfig, number: int, stage: StageState, parent: str | None, base: str
+) -> DpoJobSpec:
+    """Stage `number`'s DPO job, trained on `base` from `parent` (None: a fresh adapter)."""
+    assert stage.train_dataset_id is not None
+    fields = stage_job_data(
+        config,
+        number,
+        base_model=base,
+        dataset_id=stage.train_dataset_id,
+        eval_dataset_id=stage.test_dataset_id,
+        parent_adapter=parent,
+        output_name="pending",
+    )
+    spec = DpoJobSpec.model_validate(fields)
+    # The name is derived from the spec's content: a resubmit of the same spec names the
+    # same adapter (and, with the idempotency key, finds the same job).
+    digest = _digest(spec.model_dump(mode="json", exclude={"output_name"}))
+    return spec.model_copy(update={"output_name": f"{config.name}-s{number}-{digest[:10]}"})
+
+
+class TrainerJobs:
     """The steps that run trainer jobs (the fleet asleep meanwhile, re-probed after)."""
 
-    def dpo_spec(self, number: int, stage: StageState, parent: str | None, base: str) -> DpoJobSpec:
-        assert stage.train_dataset_id is not None
-        fields = stage_job_data(
-            self.config,
-            number,
-            base_model=base,
-            dataset_id=stage.train_dataset_id,
-            eval_dataset_id=stage.test_dataset_id,
-            parent_adapter=parent,
-            output_name="pending",
-        )
-        spec = DpoJobSpec.model_validate(fields)
-        # The name is derived from the spec's content: a resubmit of the same spec names the
-        # same adapter (and, with the idempotency key, finds the same job).
-        digest = _digest(spec.model_dump(mode="json", exclude={"output_name"}))
-        return spec.model_copy(
-            update={"output_name": f"{self.config.name}-s{number}-{digest[:10]}"}
-        )
+    def __init__(self, book: StageBookkeeping, fleet: GeneratorFleet) -> None:
+        self.book = book
+        self.fleet = fleet
 
-    def _merged_base(self, number: int) -> str | None:
+    def merged_base(self, number: int) -> str | None:
         """The trainer's name of the newest merged model among stages 1..number, if any."""
         merged = None
-        for stage in self.state.stages[:number]:
+        for stage in self.book.state.stages[:number]:
             if stage.merged_model is not None:
                 merged = stage.merged_model
         return merged
 
-    async def _merge(self, number: int, stage: StageState, previous: StageState) -> None:
+    async def merge(self, number: int, stage: StageState, previous: StageState) -> None:
         """Merge stage N-1's adapter into its base (a trainer merge job)."""
         if stage.merged_model is not None:
             return
         if previous.adapter is None:
             raise RunError(f"stage {number}: chain merge needs stage {number - 1}'s adapter")
+        book = self.book
         started = time.monotonic()
         spec = MergeJobSpec(adapter=previous.adapter, output_name=f"{previous.adapter}-merged")
-        key = f"cai-run/{self.config.name}/stage{number}/merge/{_digest(spec.model_dump())[:16]}"
-        job = await self.trainer.submit_job(spec, idempotency_key=key)
+        key = f"cai-run/{book.config.name}/stage{number}/merge/{_digest(spec.model_dump())[:16]}"
+        job = await book.trainer.submit_job(spec, idempotency_key=key)
         stage.merge_job_id = job.id
-        self._save()
-        self.reporter.step(number, "merge", f"merge job {job.id}: {previous.adapter} into its base")
-        async with self._asleep(number, "merge"):
-            job = await self.trainer.wait_for_job(job.id)
+        book.save()
+        book.reporter.step(number, "merge", f"merge job {job.id}: {previous.adapter} into its base")
+        async with self.fleet.asleep(number, "merge"):
+            job = await book.trainer.wait_for_job(job.id)
         stage.merged_model = spec.output_name
-        self._save()
-        self._record_step(number, "merge", started)
+        book.save()
+        book.record_step(number, "merge", started)
 
-    async def _train(
+    async def train(
         self, number: int, stage: StageState, parent: str | None, trainer_base: str
     ) -> None:
+        book = self.book
         started = time.monotonic()
-        events_path = self._stage_dir(number) / TRAIN_EVENTS_FILE
+        events_path = book.stage_dir(number) / TRAIN_EVENTS_FILE
         if stage.job_id is None:
-            spec = self.dpo_spec(number, stage, parent, trainer_base)
-            key = f"cai-run/{self.config.name}/stage{number}/dpo/{_digest(spec.model_dump())[:16]}"
-            job = await self.trainer.submit_job(spec, idempotency_key=key)
+            spec = stage_dpo_spec(book.config, number, stage, parent, trainer_base)
+            key = f"cai-run/{book.config.name}/stage{number}/dpo/{_digest(spec.model_dump())[:16]}"
+            job = await book.trainer.submit_job(spec, idempotency_key=key)
             stage.job_id = job.id
             stage.adapter = spec.output_name
             stage.job_state = job.state
-            self._save()
-            self.reporter.step(number, "train", f"DPO job {job.id} submitted ({spec.output_name})")
+            book.save()
+            book.reporter.step(number, "train", f"DPO job {job.id} submitted ({spec.output_name})")
         else:
-            self.reporter.step(number, "train", f"following DPO job {stage.job_id}")
+            book.reporter.step(number, "train", f"following DPO job {stage.job_id}")
         assert stage.job_id is not None
 
-        async with self._asleep(number, "train") as slept:
+        async with self.fleet.asleep(number, "train") as slept:
             job = await self._follow(number, stage.job_id, events_path)
         stage.job_state = job.state
-        self._save()
+        book.save()
         if job.state != JobState.succeeded:
             raise RunError(
                 f"stage {number}: DPO job {job.id} ended {job.state.value}: {job.error}. "
@@ -100,15 +108,15 @@ class TrainerJobs(GeneratorFleet):
                 "from state.json to train again)"
             )
         if slept:
-            await self._reprobe_previous(number)
+            await self.fleet.reprobe_previous(number)
         train_s = _job_seconds(job)
-        self._record_step(number, "train", started, gpu_s=train_s or 0.0)
+        book.record_step(number, "train", started, gpu_s=train_s or 0.0)
 
     async def _follow(self, number: int, job_id: str, events_path: Path) -> JobRecord:
         after = _last_seq(events_path)
         events_path.parent.mkdir(parents=True, exist_ok=True)
         with events_path.open("a", encoding="utf-8") as log:
-            async for event in self.trainer.events(job_id, after=after):
+            async for event in self.book.trainer.events(job_id, after=after):
                 if event.seq <= after:
                     continue
                 after = event.seq
@@ -117,8 +125,8 @@ class TrainerJobs(GeneratorFleet):
                     row["seq"] = event.seq
                     log.write(json.dumps(row, sort_keys=True) + "\n")
                     log.flush()
-                self.reporter.training(number, event)
-        return await self.trainer.get_job(job_id)
+                self.book.reporter.training(number, event)
+        return await self.book.trainer.get_job(job_id)
 
 
 def _digest(data: object) -> str:

@@ -57,8 +57,8 @@ async def test_the_judge_check_is_recorded_as_a_step_and_in_the_manifest(tmp_pat
     [row] = _steps(runner.run_dir)
     assert (row["stage"], row["step"]) == (0, "judge check")
     assert row["prompt_tokens"] == check.prompt_tokens > 0
-    runner.judge_check = check
-    runner._write_manifest({})
+    runner.book.judge_check = check
+    runner.book.write_manifest({})
     manifest = json.loads((runner.run_dir / MANIFEST_FILE).read_text())
     assert manifest["judge_check"]["trustworthy"] is True
     assert "results" not in manifest["judge_check"]  # per-case margins stay in their own file

@@ -121,9 +121,9 @@ async def test_an_adapter_is_published_to_every_server_that_lacks_it(
     runner = _runner(tmp_path, gens)
     stage = runner.state.stage(1)
     stage.adapter, stage.job_id = "replicated-s1-abc", "job-1"
-    await runner._publish(1, stage, "tiny")
+    await runner.fleet.publish_stage(1, stage)
     assert published == ["http://gen-2:8000", "http://gen-3:8000"]
-    assert stage.served_name == name and await runner._served(name)
+    assert stage.served_name == name and await runner.fleet.served(name)
 
 
 async def test_every_server_sleeps_while_the_job_trains_and_wakes_after(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ async def test_every_server_sleeps_while_the_job_trains_and_wakes_after(tmp_path
     runner = _runner(tmp_path, gens)
     stage = runner.state.stage(1)
     stage.job_id = "job-1"
-    await runner._train(1, stage, None, "tiny")
+    await runner.jobs.train(1, stage, None, "tiny")
     assert [g.calls for g in gens] == [["sleep", "wake_up"]] * 2
     assert stage.job_state == JobState.succeeded
 
@@ -142,7 +142,7 @@ async def test_every_server_is_woken_even_when_following_the_job_fails(tmp_path:
     stage = runner.state.stage(1)
     stage.job_id = "job-1"
     with pytest.raises(ConnectionError):
-        await runner._train(1, stage, None, "tiny")
+        await runner.jobs.train(1, stage, None, "tiny")
     assert not any(g.asleep for g in gens)
 
 
