@@ -535,10 +535,11 @@ def _spawn(
     return data
 
 
-def _positive(text: str) -> int:
+def _steps_to_extrapolate(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    if value < 2:
+        # Step 1 carries the fixed costs; the rate comes from the steps after it.
+        raise argparse.ArgumentTypeError(f"must be 2 or more (step 1 and a later one), got {value}")
     return value
 
 
@@ -592,7 +593,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--plain-steps",
-        type=_positive,
+        type=_steps_to_extrapolate,
         default=None,
         help=(
             "plain TRL stops after this many steps; its epoch is extrapolated from them by "

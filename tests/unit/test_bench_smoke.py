@@ -138,11 +138,14 @@ def test_plain_steps_stops_plain_trl_and_reports_its_extrapolated_epoch(tmp_path
     assert "extrapolated from 2 steps" in (out / "train_throughput.md").read_text()
 
 
-def test_plain_steps_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("steps", ["0", "1"])
+def test_plain_steps_leave_a_step_after_the_first(
+    steps: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as stopped:
-        main(["--smoke", "--plain-steps", "0"])
+        main(["--smoke", "--plain-steps", steps])
     assert stopped.value.code == 2
-    assert "must be 1 or more, got 0" in capsys.readouterr().err
+    assert f"must be 2 or more (step 1 and a later one), got {steps}" in capsys.readouterr().err
 
 
 def test_a_run_that_finished_is_on_disk_when_a_later_one_is_cut_off(
