@@ -57,22 +57,32 @@ class StageRunner:
     """The stage loop: judge check, baseline, then each stage's steps in order, each skipped
     when state.json says it is done."""
 
-    def __init__(
-        self,
-        config: RunConfig,
-        gen: GeneratorClient,
-        trainer: TrainerClient,
-        reporter: Reporter,
-        replicas: list[GeneratorClient] | None = None,
-    ) -> None:
-        self.config = config
-        self.gen = gen
-        self.trainer = trainer
-        self.reporter = reporter
-        self.run_dir = config.run_dir
-        self.book = StageBookkeeping(config, gen, trainer, reporter, replicas)
-        self.fleet = GeneratorFleet(self.book)
-        self.jobs = TrainerJobs(self.book, self.fleet)
+    def __init__(self, book: StageBookkeeping) -> None:
+        # The book holds the run's config, clients, reporter and state; the runner and its
+        # parts read them there, so each has one holder.
+        self.book = book
+        self.fleet = GeneratorFleet(book)
+        self.jobs = TrainerJobs(book, self.fleet)
+
+    @property
+    def config(self) -> RunConfig:
+        return self.book.config
+
+    @property
+    def gen(self) -> GeneratorClient:
+        return self.book.gen
+
+    @property
+    def trainer(self) -> TrainerClient:
+        return self.book.trainer
+
+    @property
+    def reporter(self) -> Reporter:
+        return self.book.reporter
+
+    @property
+    def run_dir(self) -> Path:
+        return self.book.run_dir
 
     @property
     def state(self) -> RunState:
@@ -285,7 +295,7 @@ async def run_stages(config: RunConfig, reporter: Reporter | None = None) -> Run
             await stack.enter_async_context(GeneratorClient(url, api_key=key))
             for url in config.generator.replicas
         ]
-        runner = StageRunner(config, gen, trainer, reporter, replicas)
+        runner = StageRunner(StageBookkeeping(config, gen, trainer, reporter, replicas))
         return await runner.run()
 
 

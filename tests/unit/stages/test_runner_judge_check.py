@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.runfolder import JUDGE_CHECK_FILE, MANIFEST_FILE, STEPS_FILE
+from cai.stages.bookkeeping import StageBookkeeping
 from cai.stages.config import RunConfig
 from cai.stages.runner import StageRunner
 from tests.unit.evaluation.fake_judge import FakeJudge, perfect
@@ -40,7 +41,7 @@ def _runner(tmp_path: Path, fake: FakeJudge, **evaluation: Any) -> StageRunner:
         }
     )
     # The runner calls only `complete` on the generator for the judge check.
-    return StageRunner(config, fake, object(), RecordingReporter())
+    return StageRunner(StageBookkeeping(config, fake, object(), RecordingReporter()))
 
 
 def _steps(run_dir: Path) -> list[dict[str, Any]]:

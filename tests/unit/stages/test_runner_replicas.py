@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from cai.stages import serving
+from cai.stages.bookkeeping import StageBookkeeping
 from cai.stages.config import RunConfig
 from cai.stages.reporter import SilentReporter
 from cai.stages.runner import RunError, StageRunner
@@ -78,11 +79,7 @@ def _runner(
 ) -> StageRunner:
     config = _config(tmp_path, replicas=[g.base_url for g in gens[1:]])
     return StageRunner(
-        config,
-        gens[0],
-        trainer or FakeTrainer(),
-        SilentReporter(),
-        gens[1:],
+        StageBookkeeping(config, gens[0], trainer or FakeTrainer(), SilentReporter(), gens[1:])
     )
 
 
